@@ -1,0 +1,1 @@
+"""Prefect block types of svrctl, installed as ``svrctl.blocks``."""

@@ -1,0 +1,1 @@
+"""Deployment definitions of svrctl, installed as ``svrctl.deployments``."""

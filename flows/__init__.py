@@ -1,0 +1,1 @@
+"""Prefect flows of svrctl, installed as ``svrctl.flows``."""

@@ -1,0 +1,1 @@
+"""Built-in plugins of svrctl, installed as ``svrctl.plugins``."""

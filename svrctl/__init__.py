@@ -1,0 +1,1 @@
+"""svrctl: server automation on Prefect."""
