@@ -1,0 +1,31 @@
+"""The ``svrctl`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from svrctl.cli.app import App, SvrctlGroup
+from svrctl.cli.db import db
+from svrctl.cli.server import server
+from svrctl.cli.task import task
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=SvrctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="svrctl")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Run commands and checks on your servers, on a schedule or on demand."""
+    app = ctx.ensure_object(App)
+    ctx.call_on_close(app.close)
+
+
+cli.add_command(db)
+cli.add_command(server)
+cli.add_command(task)
+
+
+def main() -> None:
+    """Entry point of the ``svrctl`` console script."""
+    cli(prog_name="svrctl")

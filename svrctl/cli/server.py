@@ -1,0 +1,161 @@
+"""``svrctl server``: the server inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from svrctl.cli.app import App, SvrctlGroup, pass_app
+from svrctl.cli.render import echo_json, format_time, table
+
+__all__ = ["server"]
+
+F = Callable[..., Any]
+
+
+@click.group(cls=SvrctlGroup)
+def server() -> None:
+    """Add, list, edit and remove servers."""
+
+
+def _server_options(*, edit: bool) -> Callable[[F], F]:
+    """Options shared by ``server add`` and ``server edit``."""
+
+    def decorate(func: F) -> F:
+        opts = [
+            click.option("--host", required=not edit, help="Host name or IP address."),
+            click.option("--port", type=int, help="SSH port (default 22)."),
+            click.option("--user", "username", help="Login user (default: your user name)."),
+            click.option("--key", "key_path", help="Private key file (default: auto-detect)."),
+            click.option(
+                "--host-key-policy",
+                type=click.Choice(["strict", "accept-new"]),
+                help="strict (default): only pinned host keys; accept-new: pin on first contact.",
+            ),
+            click.option("--pool", "work_pool", help="Prefect work pool for this server's tasks."),
+            click.option(
+                "--tag",
+                "tags",
+                multiple=True,
+                help="A tag (repeatable)." + (" Replaces all tags." if edit else ""),
+            ),
+            click.option("--description", help="Free text."),
+            click.option(
+                "--enabled/--disabled", "enabled", default=None, help="Enable or disable."
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print the server as JSON."),
+        ]
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return decorate
+
+
+def _changes(**options: Any) -> dict[str, Any]:
+    """Keep the options that were given."""
+    out = {k: v for k, v in options.items() if v is not None and v != ()}
+    if "tags" in out:
+        out["tags"] = list(out["tags"])
+    return out
+
+
+@server.command("add")
+@click.argument("name")
+@_server_options(edit=False)
+@pass_app
+def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
+    """Add a server."""
+    from svrctl.servers import add_server, server_to_dict
+    from svrctl.specs import ServerSpec, validate
+
+    spec = validate(ServerSpec, {"name": name, **_changes(**options)})
+    with app.db().write() as session:
+        data = server_to_dict(add_server(session, spec))
+    _print_saved("added", data, as_json)
+
+
+@server.command("edit")
+@click.argument("name")
+@_server_options(edit=True)
+@pass_app
+def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
+    """Change a server's settings; options not given stay as they are."""
+    from svrctl.servers import server_to_dict, update_server
+
+    with app.db().write() as session:
+        data = server_to_dict(update_server(session, name, _changes(**options)))
+    _print_saved("updated", data, as_json)
+
+
+def _print_saved(verb: str, data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        echo_json(data)
+        return
+    click.echo(
+        f"✓ {verb} server {data['name']} ({data['username']}@{data['host']}:{data['port']}, "
+        f"host keys {data['host_key_policy']})"
+    )
+
+
+@server.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def list_cmd(app: App, as_json: bool) -> None:
+    """List servers."""
+    from svrctl.servers import list_servers, server_to_dict
+
+    with app.db().read() as session:
+        servers = list_servers(session)
+        data = [server_to_dict(s) for s in servers]
+    if as_json:
+        echo_json(data)
+        return
+    zone = app.settings.timezone
+    table(
+        ["NAME", "ADDRESS", "POOL", "TAGS", "ENABLED", "OS", "LAST SEEN"],
+        [
+            [
+                s.name,
+                f"{s.username}@{s.host}:{s.port}",
+                s.work_pool,
+                ",".join(s.tags or []) or None,
+                s.enabled,
+                " ".join(p for p in (s.os_type, s.os_version) if p) or None,
+                format_time(s.last_seen, zone) if s.last_seen else None,
+            ]
+            for s in servers
+        ],
+    )
+
+
+@server.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show_cmd(app: App, name: str, as_json: bool) -> None:
+    """Show one server."""
+    from svrctl.servers import get_server, server_to_dict
+
+    with app.db().read() as session:
+        data = server_to_dict(get_server(session, name))
+    if as_json:
+        echo_json(data)
+        return
+    for key, value in data.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        click.echo(f"{key + ':':<17} {'-' if shown in (None, '') else shown}")
+
+
+@server.command("rm")
+@click.argument("name")
+@pass_app
+def rm_cmd(app: App, name: str) -> None:
+    """Remove a server that no task targets."""
+    from svrctl.servers import remove_server
+
+    with app.db().write() as session:
+        remove_server(session, name)
+    click.echo(f"✓ removed server {name}")

@@ -1,0 +1,330 @@
+"""``svrctl task``: the task catalogue and its history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from svrctl.cli.app import App, SvrctlGroup, parse_json_option, pass_app
+from svrctl.cli.render import echo_json, first_line, format_duration, format_time, table
+from svrctl.exceptions import BadInputError
+
+__all__ = ["task"]
+
+F = Callable[..., Any]
+
+
+@click.group(cls=SvrctlGroup)
+def task() -> None:
+    """Add, list, edit, enable, disable and remove tasks; show their history."""
+
+
+def _task_options(func: F) -> F:
+    """Options shared by ``task add`` and ``task edit``."""
+    opts = [
+        click.option("--server", help="Target server (an ssh task, or a plugin's target)."),
+        click.option("--tag", help="Run on every enabled server with this tag."),
+        click.option("--local", is_flag=True, default=None, help="Run on the worker's host."),
+        click.option("--plugin", help="Run this plugin."),
+        click.option("--command", help="The command to run."),
+        click.option("--args", "args_json", help="JSON list (words) or object (--key value)."),
+        click.option("--config", "config_json", help="Plugin config as a JSON object."),
+        click.option("--description", help="Free text."),
+        click.option("--schedule", help="Cron expression; '' for manual runs only."),
+        click.option("--timezone", help="IANA time zone of the schedule."),
+        click.option("--timeout", "timeout_seconds", type=int, help="Seconds (default 300)."),
+        click.option("--retries", type=int, help="Retries after a failed attempt (default 0)."),
+        click.option("--retry-delay", "retry_delay_seconds", type=int, help="Seconds."),
+        click.option(
+            "--overlap",
+            "overlap_policy",
+            type=click.Choice(["skip", "queue"]),
+            help="When the previous run still runs: skip (default) or queue.",
+        ),
+        click.option(
+            "--misfire-grace",
+            "misfire_grace_seconds",
+            type=int,
+            help="A scheduled run later than this is recorded as missed (default 60).",
+        ),
+        click.option("--enabled/--disabled", "enabled", default=None, help="Enable or disable."),
+        click.option("--json", "as_json", is_flag=True, help="Print the task as JSON."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _common(options: dict[str, Any]) -> dict[str, Any]:
+    """Turn CLI options into spec fields, keeping only those that were given."""
+    out: dict[str, Any] = {}
+    for key in (
+        "description",
+        "command",
+        "schedule",
+        "timezone",
+        "timeout_seconds",
+        "retries",
+        "retry_delay_seconds",
+        "overlap_policy",
+        "misfire_grace_seconds",
+        "enabled",
+        "plugin",
+    ):
+        if options.get(key) is not None:
+            out[key] = options[key]
+    if options.get("args_json") is not None:
+        out["args"] = parse_json_option(options["args_json"], "--args")
+    if options.get("config_json") is not None:
+        config = parse_json_option(options["config_json"], "--config")
+        if not isinstance(config, dict):
+            raise BadInputError("--config must be a JSON object", field="plugin_config")
+        out["plugin_config"] = config
+    return out
+
+
+def _target(options: dict[str, Any], current_kind: str | None) -> dict[str, Any]:
+    """Work out a task's kind and target from --server, --tag, --plugin and --local."""
+    server, tag, plugin, local = (options.get(k) for k in ("server", "tag", "plugin", "local"))
+    if local and plugin:
+        raise BadInputError("give either --local or --plugin, not both", field="kind")
+    if server and tag:
+        raise BadInputError("give either --server or --tag, not both", field="server")
+    if plugin:
+        if tag:
+            raise BadInputError("a plugin task takes --server (or none), not --tag", field="tag")
+        return {"kind": "plugin", "server": server, "tag": None}
+    if local:
+        if server or tag:
+            raise BadInputError(
+                "a --local task runs on the worker's host: drop --server/--tag", field="server"
+            )
+        return {"kind": "local", "server": None, "tag": None}
+    if server or tag:
+        if current_kind == "plugin":
+            if tag:
+                raise BadInputError("a plugin task takes --server, not --tag", field="tag")
+            return {"server": server}
+        return {"kind": "ssh", "server": server, "tag": tag}
+    if current_kind is None:
+        raise BadInputError(
+            "a task needs a target: --server S or --tag T (with --command), "
+            "--plugin P [--server S], or --local (with --command)",
+            field="kind",
+        )
+    return {}
+
+
+@task.command("add")
+@click.argument("name")
+@_task_options
+@pass_app
+def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
+    """Add a task."""
+    from svrctl.specs import TaskSpec, validate
+    from svrctl.tasks import add_task, task_to_dict
+
+    fields = {"name": name, "timezone": app.settings.timezone}
+    fields |= _target(options, None) | _common(options)
+    spec = validate(TaskSpec, fields)
+    with app.db().write() as session:
+        row = add_task(session, spec)
+        data = task_to_dict(row, spec.server)
+    _print_saved("added", data, as_json, app.settings.timezone)
+
+
+@task.command("edit")
+@click.argument("name")
+@_task_options
+@pass_app
+def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
+    """Change a task; options not given stay as they are."""
+    from svrctl.tasks import get_task, task_to_dict, update_task
+
+    with app.db().write() as session:
+        current = get_task(session, name)
+        changes = _target(options, current.kind) | _common(options)
+        row = update_task(session, name, changes)
+        data = task_to_dict(row, _server_of(session, row.server_id))
+    _print_saved("updated", data, as_json, app.settings.timezone)
+
+
+def _server_of(session: Any, server_id: int | None) -> str | None:
+    from sqlalchemy import select
+
+    from svrctl.db.models import Server
+
+    if server_id is None:
+        return None
+    name: str | None = session.scalar(select(Server.name).where(Server.id == server_id))
+    return name
+
+
+def _target_text(data: dict[str, Any]) -> str:
+    if data["kind"] == "plugin":
+        return f"plugin {data['plugin']} on {data['server'] or 'the local host'}"
+    if data["kind"] == "local":
+        return "local command"
+    where = data["server"] or f"servers tagged {data['tag']}"
+    return f"command on {where}"
+
+
+def _print_saved(verb: str, data: dict[str, Any], as_json: bool, zone: str) -> None:
+    if as_json:
+        echo_json(data)
+        return
+    schedule = (
+        f"schedule '{data['schedule']}' ({data['timezone']})"
+        if data["schedule"]
+        else ("manual runs only")
+    )
+    state = "" if data["enabled"] else ", disabled"
+    click.echo(f"✓ {verb} task {data['name']}: {_target_text(data)}, {schedule}{state}")
+    if data["next_run_at"]:
+        from datetime import datetime
+
+        when = datetime.fromisoformat(data["next_run_at"])
+        click.echo(f"  next run: {format_time(when, data['timezone'])}")
+
+
+@task.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def list_cmd(app: App, as_json: bool) -> None:
+    """List tasks."""
+    from svrctl.tasks import list_tasks, task_to_dict
+
+    with app.db().read() as session:
+        rows = list_tasks(session)
+    if as_json:
+        echo_json([task_to_dict(t, server) for t, server in rows])
+        return
+    table(
+        ["NAME", "KIND", "TARGET", "SCHEDULE", "ENABLED", "LAST", "RUNS", "NEXT RUN"],
+        [
+            [
+                t.name,
+                t.plugin if t.kind == "plugin" else t.kind,
+                server or (f"tag:{t.server_tag}" if t.server_tag else "local"),
+                t.schedule or "manual",
+                t.enabled,
+                t.last_status,
+                t.run_count,
+                format_time(t.next_run_at, t.timezone) if t.next_run_at else None,
+            ]
+            for t, server in rows
+        ],
+    )
+
+
+@task.command("show")
+@click.argument("name")
+@click.option("-n", "count", type=click.IntRange(0, 100), default=5, help="Fire times to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show_cmd(app: App, name: str, count: int, as_json: bool) -> None:
+    """Show one task, with the next fire times of its schedule."""
+    from svrctl.tasks import get_task, next_runs, task_to_dict
+
+    with app.db().read() as session:
+        row = get_task(session, name)
+        data = task_to_dict(row, _server_of(session, row.server_id))
+    upcoming = next_runs(data["schedule"], data["timezone"], count) if data["enabled"] else []
+    data["next_fire_times"] = [t.isoformat() for t in upcoming]
+    if as_json:
+        echo_json(data)
+        return
+    for key, value in data.items():
+        if key == "next_fire_times":
+            continue
+        click.echo(f"{key + ':':<22} {_show_value(value)}")
+    if not data["schedule"]:
+        click.echo("next runs:             none (manual runs only)")
+    elif not data["enabled"]:
+        click.echo("next runs:             none (the task is disabled)")
+    else:
+        click.echo(f"next runs ({data['timezone']}):")
+        for when in upcoming:
+            click.echo(f"  {format_time(when, data['timezone'])}")
+
+
+def _show_value(value: Any) -> str:
+    import json
+
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+@task.command("rm")
+@click.argument("name")
+@pass_app
+def rm_cmd(app: App, name: str) -> None:
+    """Remove a task and its history."""
+    from svrctl.tasks import remove_task
+
+    with app.db().write() as session:
+        remove_task(session, name)
+    click.echo(f"✓ removed task {name}")
+
+
+@task.command("enable")
+@click.argument("name")
+@pass_app
+def enable_cmd(app: App, name: str) -> None:
+    """Enable a task: its schedule fires again."""
+    _set_enabled(app, name, True)
+
+
+@task.command("disable")
+@click.argument("name")
+@pass_app
+def disable_cmd(app: App, name: str) -> None:
+    """Disable a task: its schedule stops firing and runs are refused unless forced."""
+    _set_enabled(app, name, False)
+
+
+def _set_enabled(app: App, name: str, enabled: bool) -> None:
+    from svrctl.tasks import set_enabled
+
+    with app.db().write() as session:
+        set_enabled(session, name, enabled)
+    click.echo(f"✓ {'enabled' if enabled else 'disabled'} task {name}")
+
+
+@task.command("history")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, help="Rows to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def history_cmd(app: App, name: str, limit: int, as_json: bool) -> None:
+    """Show a task's latest runs, newest first."""
+    from svrctl.tasks import get_task, history_to_dict, recent_history
+
+    with app.db().read() as session:
+        rows = recent_history(session, get_task(session, name), limit)
+    if as_json:
+        echo_json([history_to_dict(r) for r in rows])
+        return
+    zone = app.settings.timezone
+    table(
+        ["ID", "STATUS", "STARTED", "DURATION", "EXIT", "TRY", "BY", "SERVER", "SUMMARY"],
+        [
+            [
+                r.id,
+                r.status,
+                format_time(r.started_at, zone),
+                format_duration(r.duration_ms),
+                r.exit_code,
+                r.attempt,
+                r.triggered_by,
+                r.server_name,
+                first_line(r.error) or first_line(r.output),
+            ]
+            for r in rows
+        ],
+    )

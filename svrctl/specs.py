@@ -1,0 +1,261 @@
+"""Validated descriptions of servers and tasks, shared by the CLI and the admin flows."""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import re
+from typing import Any, Self, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from svrctl.db.models import HostKeyPolicy, OverlapPolicy, TaskKind
+from svrctl.exceptions import BadInputError
+
+__all__ = [
+    "NAME_PATTERN",
+    "ServerSpec",
+    "TaskSpec",
+    "check_name",
+    "check_timezone",
+    "validate",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+M = TypeVar("M", bound=BaseModel)
+_NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a valid server, task, tag or pool name, else raise ValueError."""
+    if not _NAME_RE.match(value):
+        raise ValueError(f"{what} {value!r} is not valid: use {_NAME_RULE}")
+    return value
+
+
+def check_timezone(value: str) -> str:
+    """Return ``value`` if it names an IANA time zone, else raise ValueError."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {value!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+        ) from None
+    return value
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root"
+
+
+class ServerSpec(BaseModel):
+    """Everything a person says about a server."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(title="Name", description="Unique name of the server, e.g. 'web-1'.")
+    host: str = Field(title="Host", description="Host name or IP address to connect to.")
+    port: int = Field(default=22, ge=1, le=65535, title="Port", description="SSH port.")
+    username: str = Field(
+        default_factory=_default_user, title="User", description="User to log in as."
+    )
+    key_path: str | None = Field(
+        default=None,
+        title="Key path",
+        description="Private key file; empty means try the keys in SVRCTL_SSH_KEY_DIR.",
+    )
+    host_key_policy: HostKeyPolicy = Field(
+        default=HostKeyPolicy.STRICT,
+        title="Host key policy",
+        description="strict: only pinned keys; accept-new: pin the key on first contact.",
+    )
+    work_pool: str | None = Field(
+        default=None, title="Work pool", description="Prefect work pool that runs its tasks."
+    )
+    tags: list[str] = Field(default_factory=list, title="Tags", description="Group names.")
+    description: str = Field(default="", max_length=2000, title="Description")
+    enabled: bool = Field(default=True, title="Enabled")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        candidate = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            pass
+        if not _HOST_RE.match(value):
+            raise ValueError(
+                f"host {value!r} is not a host name or IP address "
+                "(letters, digits, '-', '_' and dots; it may not start with '-')"
+            )
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not _USER_RE.match(value):
+            raise ValueError(
+                f"user {value!r} is not a valid login name "
+                "(letters, digits, '_', '.', '-'; starting with a letter or '_')"
+            )
+        return value
+
+    @field_validator("key_path")
+    @classmethod
+    def _key_path(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if any(c in value for c in "\0\n\r"):
+            raise ValueError("key path may not contain NUL or line breaks")
+        return value
+
+    @field_validator("work_pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "work pool")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        seen: list[str] = []
+        for tag in value:
+            check_name(tag.strip(), "tag")
+            if tag.strip() not in seen:
+                seen.append(tag.strip())
+        return seen
+
+
+class TaskSpec(BaseModel):
+    """Everything a person says about a task: its target, step, schedule and run policy."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(title="Name", description="Unique name of the task.")
+    description: str = Field(default="", max_length=2000, title="Description")
+    kind: TaskKind = Field(title="Kind", description="ssh, local or plugin.")
+    server: str | None = Field(default=None, title="Server", description="Target server name.")
+    tag: str | None = Field(
+        default=None, title="Server tag", description="Run on every enabled server with this tag."
+    )
+    plugin: str | None = Field(default=None, title="Plugin")
+    plugin_config: dict[str, Any] | None = Field(default=None, title="Plugin config")
+    command: str | None = Field(default=None, max_length=65536, title="Command")
+    args: list[Any] | dict[str, Any] | None = Field(
+        default=None,
+        title="Args",
+        description="A list adds quoted words; an object adds quoted --key value options.",
+    )
+    schedule: str = Field(
+        default="", max_length=255, title="Schedule", description="Cron; empty = manual only."
+    )
+    timezone: str = Field(title="Time zone")
+    enabled: bool = Field(default=True, title="Enabled")
+    timeout_seconds: int = Field(default=300, gt=0, le=7 * 86400, title="Timeout (seconds)")
+    retries: int = Field(default=0, ge=0, le=100, title="Retries")
+    retry_delay_seconds: int = Field(default=30, ge=0, le=86400, title="Retry delay (seconds)")
+    overlap_policy: OverlapPolicy = Field(default=OverlapPolicy.SKIP, title="Overlap policy")
+    misfire_grace_seconds: int = Field(default=60, ge=0, title="Misfire grace (seconds)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "server")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "tag")
+
+    @field_validator("plugin")
+    @classmethod
+    def _plugin(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "plugin")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        if value is not None and "\0" in value:
+            raise ValueError("command may not contain a NUL byte")
+        return value or None
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, value: Any) -> Any:
+        from svrctl.shellwords import check_args
+
+        try:
+            return check_args(value)
+        except BadInputError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value:
+            from svrctl.cron import parse_cron
+
+            try:
+                parse_cron(value)
+            except BadInputError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @model_validator(mode="after")
+    def _target(self) -> Self:
+        if self.kind is TaskKind.SSH:
+            if bool(self.server) == bool(self.tag):
+                raise ValueError("an ssh task needs exactly one of a server or a server tag")
+            if not self.command:
+                raise ValueError("an ssh task needs a command")
+            if self.plugin:
+                raise ValueError("an ssh task has no plugin; use kind 'plugin'")
+        elif self.kind is TaskKind.LOCAL:
+            if self.server or self.tag:
+                raise ValueError("a local task runs on the worker's host: give no server or tag")
+            if not self.command:
+                raise ValueError("a local task needs a command")
+        else:
+            if not self.plugin:
+                raise ValueError("a plugin task needs a plugin name")
+            if self.tag:
+                raise ValueError("a plugin task targets one server or the local host, not a tag")
+        return self
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    """Build ``model`` from ``data``, turning a validation error into a BadInputError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        got = err.get("input")
+        if err["type"] not in {"value_error", "missing"} and not isinstance(got, dict | list):
+            msg = f"{msg} (got {got!r})"
+        text = f"invalid {field}: {msg}" if field else msg
+        raise BadInputError(text, field=field) from None
