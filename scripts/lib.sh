@@ -83,7 +83,11 @@ setup_venv() {
         return 0
     fi
     log "pip install -e '$target'"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e "$ROOT/$target"
+    # pip and the build backend are chatty even with -q: keep their output for failures.
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+        "$VENV/bin/python" -m pip install -q -e "$ROOT/$target"; } >"$VENV/pip.log" 2>&1; then
+        cat "$VENV/pip.log" >&2
+        die "pip install failed (log: $VENV/pip.log)"
+    fi
     printf '%s\n' "$wanted" >"$stamp"
 }
