@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from svrctl.db.models import Server, Task
-from svrctl.exceptions import ConflictError, NotFoundError
+from svrctl.exceptions import BadInputError, ConflictError, NotFoundError
 from svrctl.specs import ServerSpec, validate
 
 __all__ = [
@@ -45,7 +45,7 @@ def servers_with_tag(session: Session, tag: str, *, enabled_only: bool = False) 
     ]
 
 
-def server_spec(server: Server) -> ServerSpec:
+def server_spec(session: Session, server: Server) -> ServerSpec:
     """Return the spec a server row was made from."""
     return ServerSpec.model_validate(
         {
@@ -59,11 +59,43 @@ def server_spec(server: Server) -> ServerSpec:
             "tags": list(server.tags or []),
             "description": server.description,
             "enabled": server.enabled,
+            "jump": _jump_name(session, server),
+            "connect_timeout_seconds": server.connect_timeout_seconds,
+            "key_passphrase_secret": server.key_passphrase_secret,
+            "password_secret": server.password_secret,
+            "sudo_password_secret": server.sudo_password_secret,
         }
     )
 
 
-def _apply(server: Server, spec: ServerSpec) -> None:
+def _jump_name(session: Session, server: Server) -> str | None:
+    if server.jump_host_id is None:
+        return None
+    jump = session.get(Server, server.jump_host_id)  # usually already in the identity map
+    return jump.name if jump is not None else None
+
+
+def _apply(session: Session, server: Server, spec: ServerSpec) -> None:
+    jump_id: int | None = None
+    if spec.jump:
+        jump = get_server(session, spec.jump)
+        hop: Server | None = jump
+        seen = set()
+        while hop is not None:
+            if hop.id == server.id or hop.id in seen:
+                raise BadInputError(
+                    f"jump host {spec.jump!r} leads back to {spec.name!r}: jump hosts may "
+                    "not form a loop",
+                    field="jump",
+                )
+            seen.add(hop.id)
+            hop = session.get(Server, hop.jump_host_id) if hop.jump_host_id else None
+        jump_id = jump.id
+    server.jump_host_id = jump_id
+    server.connect_timeout_seconds = spec.connect_timeout_seconds
+    server.key_passphrase_secret = spec.key_passphrase_secret
+    server.password_secret = spec.password_secret
+    server.sudo_password_secret = spec.sudo_password_secret
     server.name = spec.name
     server.host = spec.host
     server.port = spec.port
@@ -85,7 +117,7 @@ def add_server(session: Session, spec: ServerSpec) -> Server:
             field="name",
         )
     server = Server()
-    _apply(server, spec)
+    _apply(session, server, spec)
     session.add(server)
     session.flush()
     return server
@@ -94,13 +126,13 @@ def add_server(session: Session, spec: ServerSpec) -> Server:
 def update_server(session: Session, name: str, changes: dict[str, Any]) -> Server:
     """Apply ``changes`` to the server called ``name``, validating the result as a whole."""
     server = get_server(session, name)
-    merged = server_spec(server).model_dump() | changes
+    merged = server_spec(session, server).model_dump() | changes
     spec = validate(ServerSpec, merged)
     if spec.name != server.name and session.scalar(
         select(Server.id).where(Server.name == spec.name)
     ):
         raise ConflictError(f"a server named {spec.name!r} already exists", field="name")
-    _apply(server, spec)
+    _apply(session, server, spec)
     session.flush()
     return server
 
@@ -115,12 +147,19 @@ def remove_server(session: Session, name: str) -> None:
             "remove those tasks or point them at another server first",
             field="server",
         )
+    hops = list(session.scalars(select(Server.name).where(Server.jump_host_id == server.id)))
+    if hops:
+        raise ConflictError(
+            f"server {name!r} is the jump host of {', '.join(sorted(hops))}: change their "
+            "jump host first (`svrctl server edit NAME --jump OTHER` or `--no-jump`)",
+            field="server",
+        )
     session.delete(server)
     session.flush()
 
 
-def server_to_dict(server: Server) -> dict[str, Any]:
-    """Return a server as plain JSON-ready data."""
+def server_to_dict(session: Session, server: Server) -> dict[str, Any]:
+    """Return a server as plain JSON-ready data (secrets by block name only)."""
     return {
         "id": server.id,
         "name": server.name,
@@ -136,6 +175,11 @@ def server_to_dict(server: Server) -> dict[str, Any]:
         "os_type": server.os_type,
         "os_version": server.os_version,
         "last_seen": server.last_seen.isoformat() if server.last_seen else None,
+        "jump": _jump_name(session, server),
+        "connect_timeout_seconds": server.connect_timeout_seconds,
+        "key_passphrase_secret": server.key_passphrase_secret,
+        "password_secret": server.password_secret,
+        "sudo_password_secret": server.sudo_password_secret,
         "created": server.created.isoformat() if server.created else None,
         "updated": server.updated.isoformat() if server.updated else None,
     }

@@ -17,6 +17,7 @@ __all__ = [
     "NAME_PATTERN",
     "ServerSpec",
     "TaskSpec",
+    "check_block_name",
     "check_name",
     "check_timezone",
     "validate",
@@ -26,6 +27,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+_BLOCK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 M = TypeVar("M", bound=BaseModel)
 _NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -35,6 +37,18 @@ def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a valid server, task, tag or pool name, else raise ValueError."""
     if not _NAME_RE.match(value):
         raise ValueError(f"{what} {value!r} is not valid: use {_NAME_RULE}")
+    return value
+
+
+def check_block_name(value: str | None, what: str) -> str | None:
+    """Return a Prefect block name (lowercase letters, digits, dashes), or None when empty."""
+    if not value:
+        return None
+    if not _BLOCK_RE.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a Prefect block name: use lowercase letters, digits "
+            "and dashes, e.g. 'web-1-sudo'"
+        )
     return value
 
 
@@ -83,11 +97,42 @@ class ServerSpec(BaseModel):
     tags: list[str] = Field(default_factory=list, title="Tags", description="Group names.")
     description: str = Field(default="", max_length=2000, title="Description")
     enabled: bool = Field(default=True, title="Enabled")
+    jump: str | None = Field(
+        default=None, title="Jump host", description="Server to connect through (ProxyJump)."
+    )
+    connect_timeout_seconds: int = Field(
+        default=10, ge=1, le=300, title="Connect timeout (seconds)"
+    )
+    key_passphrase_secret: str | None = Field(
+        default=None, title="Key passphrase secret", description="Secret block with it."
+    )
+    password_secret: str | None = Field(
+        default=None, title="Password secret", description="Secret block: allows password auth."
+    )
+    sudo_password_secret: str | None = Field(
+        default=None, title="sudo password secret", description="Secret block for sudo prompts."
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("jump")
+    @classmethod
+    def _jump(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "jump host")
+
+    @field_validator("key_passphrase_secret", "password_secret", "sudo_password_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        return check_block_name(value, "secret block name")
+
+    @model_validator(mode="after")
+    def _not_own_jump(self) -> Self:
+        if self.jump == self.name:
+            raise ValueError("a server cannot be its own jump host")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -169,6 +214,9 @@ class TaskSpec(BaseModel):
     retry_delay_seconds: int = Field(default=30, ge=0, le=86400, title="Retry delay (seconds)")
     overlap_policy: OverlapPolicy = Field(default=OverlapPolicy.SKIP, title="Overlap policy")
     misfire_grace_seconds: int = Field(default=60, ge=0, title="Misfire grace (seconds)")
+    pty: bool = Field(
+        default=False, title="Use a pty", description="For commands such as sudo that need one."
+    )
 
     @field_validator("name")
     @classmethod

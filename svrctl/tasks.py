@@ -71,6 +71,7 @@ def task_spec(session: Session, task: Task) -> TaskSpec:
             "retry_delay_seconds": task.retry_delay_seconds,
             "overlap_policy": task.overlap_policy,
             "misfire_grace_seconds": task.misfire_grace_seconds,
+            "pty": task.pty,
         }
     )
 
@@ -113,6 +114,7 @@ def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
     task.retry_delay_seconds = spec.retry_delay_seconds
     task.overlap_policy = spec.overlap_policy.value
     task.misfire_grace_seconds = spec.misfire_grace_seconds
+    task.pty = spec.pty
     upcoming = next_runs(spec.schedule, spec.timezone, 1) if spec.enabled else []
     task.next_run_at = upcoming[0] if upcoming else None
 
@@ -193,6 +195,7 @@ def task_to_dict(task: Task, server_name: str | None) -> dict[str, Any]:
         "retry_delay_seconds": task.retry_delay_seconds,
         "overlap_policy": task.overlap_policy,
         "misfire_grace_seconds": task.misfire_grace_seconds,
+        "pty": task.pty,
         "run_count": task.run_count,
         "success_count": task.success_count,
         "failure_count": task.failure_count,

@@ -36,6 +36,11 @@ def test_add_list_show(svrctl: Invoke) -> None:
         "os_type": None,
         "os_version": None,
         "last_seen": None,
+        "jump": None,
+        "connect_timeout_seconds": 10,
+        "key_passphrase_secret": None,
+        "password_secret": None,
+        "sudo_password_secret": None,
         "created": None,
         "updated": None,
     }
@@ -148,3 +153,49 @@ def test_bad_host_key_policy_is_a_usage_error(svrctl: Invoke) -> None:
 def test_ipv6_and_brackets(svrctl: Invoke) -> None:
     assert svrctl("server", "add", "a", "--host", "[::1]").exit_code == 0
     assert json.loads(svrctl("server", "show", "a", "--json").output)["host"] == "::1"
+
+
+def test_connection_options(svrctl: Invoke) -> None:
+    assert svrctl("server", "add", "bastion", "--host", "b").exit_code == 0
+    r = svrctl(
+        "server", "add", "inner", "--host", "10.1.0.5", "--jump", "bastion",
+        "--connect-timeout", "5", "--key-passphrase-secret", "inner-key-pass",
+        "--password-secret", "inner-pw", "--sudo-password-secret", "inner-sudo",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(svrctl("server", "show", "inner", "--json").output)
+    assert (data["jump"], data["connect_timeout_seconds"]) == ("bastion", 5)
+    assert (data["key_passphrase_secret"], data["password_secret"]) == ("inner-key-pass", "inner-pw")
+    assert data["sudo_password_secret"] == "inner-sudo"
+    # a jump host in use cannot be removed; '' clears the option
+    r = svrctl("server", "rm", "bastion")
+    assert r.exit_code == 2
+    assert "jump host of inner" in r.output
+    assert svrctl("server", "edit", "inner", "--jump", "", "--password-secret", "").exit_code == 0
+    data = json.loads(svrctl("server", "show", "inner", "--json").output)
+    assert (data["jump"], data["password_secret"]) == (None, None)
+    assert svrctl("server", "rm", "bastion").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--jump", "nope"], "no server named 'nope'"),
+        (["--jump", "a"], "cannot be its own jump host"),
+        (["--connect-timeout", "0"], "invalid connect_timeout_seconds"),
+        (["--sudo-password-secret", "Not_A_Block"], "not a Prefect block name"),
+    ],
+)
+def test_bad_connection_options(svrctl: Invoke, args: list[str], message: str) -> None:
+    r = svrctl("server", "add", "a", "--host", "h", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert _count(svrctl) == 0
+
+
+def test_jump_hosts_may_not_loop(svrctl: Invoke) -> None:
+    svrctl("server", "add", "a", "--host", "h")
+    svrctl("server", "add", "b", "--host", "h", "--jump", "a")
+    r = svrctl("server", "edit", "a", "--jump", "b")
+    assert r.exit_code == 2
+    assert "may not form a loop" in r.output

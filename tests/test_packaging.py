@@ -79,7 +79,7 @@ def test_wheel_ships_the_prefect_project_inside_the_svrctl_namespace(tmp_path: P
         "svrctl/migrations/versions/0001_initial_schema.py",
     ):
         assert expected in names
-    for init in (ROOT / "svrctl").rglob("__init__.py"):
-        assert init.relative_to(ROOT).as_posix() in names, f"{init} is not packaged"
+    for module in (ROOT / "svrctl").rglob("*.py"):
+        assert module.relative_to(ROOT).as_posix() in names, f"{module} is not packaged"
     top = {n.split("/")[0] for n in names if not n.startswith("svrctl-")}
     assert top == {"svrctl"}, "nothing may be installed under a generic top-level name"

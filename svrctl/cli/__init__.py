@@ -6,6 +6,7 @@ import click
 
 from svrctl.cli.app import App, SvrctlGroup
 from svrctl.cli.db import db
+from svrctl.cli.secret import secret
 from svrctl.cli.server import server
 from svrctl.cli.task import task
 
@@ -22,6 +23,7 @@ def cli(ctx: click.Context) -> None:
 
 
 cli.add_command(db)
+cli.add_command(secret)
 cli.add_command(server)
 cli.add_command(task)
 

@@ -45,6 +45,22 @@ def _server_options(*, edit: bool) -> Callable[[F], F]:
             click.option(
                 "--enabled/--disabled", "enabled", default=None, help="Enable or disable."
             ),
+            click.option("--jump", help="Connect through this server (like ProxyJump)."),
+            click.option(
+                "--connect-timeout",
+                "connect_timeout_seconds",
+                type=int,
+                help="Seconds for each of connect, banner and auth (default 10).",
+            ),
+            click.option(
+                "--key-passphrase-secret", help="Prefect Secret block holding the key passphrase."
+            ),
+            click.option(
+                "--password-secret", help="Prefect Secret block holding a login password."
+            ),
+            click.option(
+                "--sudo-password-secret", help="Prefect Secret block answering sudo prompts."
+            ),
             click.option("--json", "as_json", is_flag=True, help="Print the server as JSON."),
         ]
         for opt in reversed(opts):
@@ -73,7 +89,7 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
 
     spec = validate(ServerSpec, {"name": name, **_changes(**options)})
     with app.db().write() as session:
-        data = server_to_dict(add_server(session, spec))
+        data = server_to_dict(session, add_server(session, spec))
     _print_saved("added", data, as_json)
 
 
@@ -86,7 +102,7 @@ def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     from svrctl.servers import server_to_dict, update_server
 
     with app.db().write() as session:
-        data = server_to_dict(update_server(session, name, _changes(**options)))
+        data = server_to_dict(session, update_server(session, name, _changes(**options)))
     _print_saved("updated", data, as_json)
 
 
@@ -109,7 +125,7 @@ def list_cmd(app: App, as_json: bool) -> None:
 
     with app.db().read() as session:
         servers = list_servers(session)
-        data = [server_to_dict(s) for s in servers]
+        data = [server_to_dict(session, s) for s in servers]
     if as_json:
         echo_json(data)
         return
@@ -140,7 +156,7 @@ def show_cmd(app: App, name: str, as_json: bool) -> None:
     from svrctl.servers import get_server, server_to_dict
 
     with app.db().read() as session:
-        data = server_to_dict(get_server(session, name))
+        data = server_to_dict(session, get_server(session, name))
     if as_json:
         echo_json(data)
         return
@@ -159,3 +175,89 @@ def rm_cmd(app: App, name: str) -> None:
     with app.db().write() as session:
         remove_server(session, name)
     click.echo(f"✓ removed server {name}")
+
+
+def _target(app: App, name: str) -> Any:
+    from svrctl.servers import get_server
+    from svrctl.ssh.target import target_for_server
+
+    with app.db().read() as session:
+        return target_for_server(session, get_server(session, name), app.settings)
+
+
+@server.command("test")
+@click.argument("name")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Command timeout.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def test_cmd(app: App, name: str, timeout: float, as_json: bool) -> None:
+    """Connect, run a harmless command, report latency and the OS, and remember them."""
+    import dataclasses
+
+    from svrctl.db.models import utcnow
+    from svrctl.exceptions import SshError
+    from svrctl.servers import get_server
+    from svrctl.ssh.probe import test_connection
+
+    target = _target(app, name)
+    try:
+        report = test_connection(target, timeout=timeout)
+    except SshError as exc:
+        if as_json:
+            kind = type(exc).__name__
+            echo_json({"server": name, "ok": False, "error": exc.message, "error_type": kind})
+        else:
+            click.echo(f"✗ {name}: {exc.message}", err=True)
+        raise SystemExit(1) from None
+    with app.db().write() as session:
+        row = get_server(session, name)
+        row.os_type, row.os_version, row.last_seen = report.os_type, report.os_version, utcnow()
+    if as_json:
+        echo_json({"ok": True, **dataclasses.asdict(report)})
+        return
+    os_text = " ".join(p for p in (report.os_type, report.os_version) if p) or "unknown OS"
+    click.echo(
+        f"✓ {name}: connected to {report.where} in {report.connect_ms} ms, "
+        f"command in {report.command_ms} ms"
+    )
+    click.echo(f"  os: {os_text} ({report.kernel or 'no uname'})")
+    click.echo(f"  auth: {report.auth}; host key: {report.host_key}")
+
+
+@server.command("trust")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Pin without asking (for scripts).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def trust_cmd(app: App, name: str, yes: bool, as_json: bool) -> None:
+    """Fetch a server's host key, show its fingerprint, and pin it."""
+    from svrctl.ssh.connection import fetch_host_key
+    from svrctl.ssh.hostkeys import fingerprint, known_keys, pin_host_key
+
+    target = _target(app, name)
+    key = fetch_host_key(target)
+    known = known_keys(target)
+    print_ = (lambda *_a, **_k: None) if as_json else click.echo
+    print_(f"{name} ({target.known_hosts_name}) presents {key.get_name()} {fingerprint(key)}")
+    pinned = known.get(key.get_name())
+    if pinned is not None and pinned == key:
+        print_("✓ already trusted: this key is pinned")
+        state = "already-trusted"
+    else:
+        if known:
+            old = ", ".join(f"{kt} {fingerprint(k)}" for kt, k in known.items())
+            print_(f"! this REPLACES the pinned key {old}")
+        if not yes and not click.confirm("Trust and pin this key?", err=True):
+            raise SystemExit(1)
+        path = pin_host_key(target, key, replace=bool(known))
+        print_(f"✓ pinned in {path}")
+        state = "replaced" if known else "pinned"
+    if as_json:
+        echo_json(
+            {
+                "server": name,
+                "key_type": key.get_name(),
+                "fingerprint": fingerprint(key),
+                "state": state,
+            }
+        )

@@ -50,6 +50,7 @@ def _task_options(func: F) -> F:
             help="A scheduled run later than this is recorded as missed (default 60).",
         ),
         click.option("--enabled/--disabled", "enabled", default=None, help="Enable or disable."),
+        click.option("--pty/--no-pty", "pty", default=None, help="Run with a pty (e.g. for sudo)."),
         click.option("--json", "as_json", is_flag=True, help="Print the task as JSON."),
     ]
     for opt in reversed(opts):
@@ -72,6 +73,7 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "misfire_grace_seconds",
         "enabled",
         "plugin",
+        "pty",
     ):
         if options.get(key) is not None:
             out[key] = options[key]

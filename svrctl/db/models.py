@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -147,6 +148,14 @@ class Server(Base):
     os_type: Mapped[str | None] = mapped_column(String(64))
     os_version: Mapped[str | None] = mapped_column(String(128))
     last_seen: Mapped[datetime | None]
+    # how to reach and log in (secrets are Prefect Secret block names, never values)
+    jump_host_id: Mapped[int | None] = mapped_column(
+        ForeignKey("servers.id", ondelete="RESTRICT"), index=True
+    )
+    connect_timeout_seconds: Mapped[int] = mapped_column(default=10, server_default="10")
+    key_passphrase_secret: Mapped[str | None] = mapped_column(String(128))
+    password_secret: Mapped[str | None] = mapped_column(String(128))
+    sudo_password_secret: Mapped[str | None] = mapped_column(String(128))
 
     tasks: Mapped[list[Task]] = relationship(back_populates="server", lazy="raise")
 
@@ -179,6 +188,7 @@ class Task(Base):
     retry_delay_seconds: Mapped[int] = mapped_column(default=30)
     overlap_policy: Mapped[str] = mapped_column(String(16), default=OverlapPolicy.SKIP.value)
     misfire_grace_seconds: Mapped[int] = mapped_column(default=60)
+    pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # stats
     run_count: Mapped[int] = mapped_column(default=0)
     success_count: Mapped[int] = mapped_column(default=0)
