@@ -217,6 +217,13 @@ class TaskSpec(BaseModel):
     pty: bool = Field(
         default=False, title="Use a pty", description="For commands such as sudo that need one."
     )
+    min_success: int | None = Field(
+        default=None,
+        ge=1,
+        title="Minimum successes",
+        description="For a tag: the run succeeds when at least this many servers succeed "
+        "(default: all of them).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -274,6 +281,8 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _target(self) -> Self:
+        if self.min_success is not None and not self.tag:
+            raise ValueError("min_success applies to a task that targets a tag")
         if self.kind is TaskKind.SSH:
             if bool(self.server) == bool(self.tag):
                 raise ValueError("an ssh task needs exactly one of a server or a server tag")

@@ -72,6 +72,7 @@ def task_spec(session: Session, task: Task) -> TaskSpec:
             "overlap_policy": task.overlap_policy,
             "misfire_grace_seconds": task.misfire_grace_seconds,
             "pty": task.pty,
+            "min_success": task.min_success,
         }
     )
 
@@ -97,6 +98,10 @@ def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
             f"{spec.tag}`, or check the spelling",
             field="tag",
         )
+    if spec.plugin:
+        from svrctl.plugin import get_plugin, validate_config
+
+        validate_config(get_plugin(spec.plugin), spec.plugin_config)
     task.name = spec.name
     task.description = spec.description
     task.kind = spec.kind.value
@@ -115,6 +120,7 @@ def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
     task.overlap_policy = spec.overlap_policy.value
     task.misfire_grace_seconds = spec.misfire_grace_seconds
     task.pty = spec.pty
+    task.min_success = spec.min_success
     upcoming = next_runs(spec.schedule, spec.timezone, 1) if spec.enabled else []
     task.next_run_at = upcoming[0] if upcoming else None
 
@@ -196,6 +202,7 @@ def task_to_dict(task: Task, server_name: str | None) -> dict[str, Any]:
         "overlap_policy": task.overlap_policy,
         "misfire_grace_seconds": task.misfire_grace_seconds,
         "pty": task.pty,
+        "min_success": task.min_success,
         "run_count": task.run_count,
         "success_count": task.success_count,
         "failure_count": task.failure_count,

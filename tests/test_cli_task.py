@@ -84,18 +84,20 @@ def test_defaults(servers: Invoke) -> None:
 def test_add_tag_local_and_plugin_tasks(servers: Invoke) -> None:
     assert servers("task", "add", "a", "--tag", "web", "--command", "uptime").exit_code == 0
     assert servers("task", "add", "b", "--local", "--command", "df -h").exit_code == 0
-    r = servers("task", "add", "c", "--plugin", "health", "--server", "web-2", "--config", "{}")
+    r = servers(
+        "task", "add", "c", "--plugin", "echo", "--server", "web-2", "--config", '{"message": "x"}'
+    )
     assert r.exit_code == 0, r.output
-    assert servers("task", "add", "d", "--plugin", "weather").exit_code == 0
+    assert servers("task", "add", "d", "--plugin", "echo").exit_code == 0
     rows = {t["name"]: t for t in _tasks(servers)}
     assert (rows["a"]["kind"], rows["a"]["tag"], rows["a"]["server"]) == ("ssh", "web", None)
     assert (rows["b"]["kind"], rows["b"]["server"]) == ("local", None)
     assert (rows["c"]["kind"], rows["c"]["plugin"], rows["c"]["server"]) == (
         "plugin",
-        "health",
+        "echo",
         "web-2",
     )
-    assert rows["c"]["plugin_config"] == {}
+    assert rows["c"]["plugin_config"] == {"message": "x"}
     assert (rows["d"]["kind"], rows["d"]["server"]) == ("plugin", None)
     listing = servers("task", "list").output
     assert "tag:web" in listing
@@ -236,8 +238,8 @@ def test_history_of_a_task_without_runs(servers: Invoke) -> None:
         (["--command", "x"], "a task needs a target"),
         (["--server", "web-1", "--tag", "web", "--command", "x"], "not both"),
         (["--local", "--server", "web-1", "--command", "x"], "--local task runs on the worker"),
-        (["--local", "--plugin", "health"], "either --local or --plugin"),
-        (["--plugin", "health", "--tag", "web"], "not --tag"),
+        (["--local", "--plugin", "echo"], "either --local or --plugin"),
+        (["--plugin", "echo", "--tag", "web"], "not --tag"),
         (["--local"], "a local task needs a command"),
         (["--local", "--command", "x", "--args", "[1,"], "--args is not valid JSON"),
         (["--local", "--command", "x", "--args", "nope"], "--args is not valid JSON"),
@@ -245,8 +247,13 @@ def test_history_of_a_task_without_runs(servers: Invoke) -> None:
         (["--local", "--command", "x", "--args", "[[1]]"], "args[0] must be a string"),
         (["--local", "--command", "x", "--args", '{"-x": 1}'], "bare option name"),
         (["--local", "--command", "x", "--args", '{"k": {"a": 1}}'], "args['k'] must be"),
-        (["--plugin", "health", "--config", "[1]"], "--config must be a JSON object"),
-        (["--plugin", "health", "--config", "{"], "--config is not valid JSON"),
+        (["--plugin", "echo", "--config", "[1]"], "--config must be a JSON object"),
+        (["--plugin", "echo", "--config", "{"], "--config is not valid JSON"),
+        (["--plugin", "nope"], "no plugin named 'nope'"),
+        (["--plugin", "echo", "--config", '{"message": 5}'], "message: Input should be"),
+        (["--plugin", "echo", "--config", '{"bogus": 1}'], "bogus: Extra inputs"),
+        (["--local", "--command", "x", "--min-success", "1"], "min_success applies"),
+        (["--tag", "web", "--command", "x", "--min-success", "0"], "invalid min_success"),
         (["--local", "--command", "x", "--timeout", "-5"], "invalid timeout_seconds"),
         (["--local", "--command", "x", "--timeout", "0"], "invalid timeout_seconds"),
         (["--local", "--command", "x", "--retries", "-1"], "invalid retries"),

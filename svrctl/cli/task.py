@@ -51,6 +51,11 @@ def _task_options(func: F) -> F:
         ),
         click.option("--enabled/--disabled", "enabled", default=None, help="Enable or disable."),
         click.option("--pty/--no-pty", "pty", default=None, help="Run with a pty (e.g. for sudo)."),
+        click.option(
+            "--min-success",
+            type=int,
+            help="With --tag: succeed when at least N servers succeed (default: all).",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the task as JSON."),
     ]
     for opt in reversed(opts):
@@ -74,6 +79,7 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "enabled",
         "plugin",
         "pty",
+        "min_success",
     ):
         if options.get(key) is not None:
             out[key] = options[key]
@@ -330,3 +336,36 @@ def history_cmd(app: App, name: str, limit: int, as_json: bool) -> None:
             for r in rows
         ],
     )
+
+
+@task.command("run")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Run even if the task is disabled.")
+@click.option("--json", "as_json", is_flag=True, help="Print the TaskExecutionResult as JSON.")
+@pass_app
+def run_cmd(app: App, name: str, force: bool, as_json: bool) -> None:
+    """Run a task now, in this process, and show its result (exit 1 if it failed)."""
+    import asyncio
+
+    from svrctl.prefect_api import choose_api
+    from svrctl.tasks import get_task
+
+    with app.db().read() as session:
+        task_id = get_task(session, name).id
+    choose_api(app.settings, lambda msg: click.echo(f"warning: {msg}", err=True))
+    from svrctl.flows.run_task import run_task
+
+    state = asyncio.run(run_task(task_id=task_id, force=force, return_state=True))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if as_json:
+        echo_json(result.model_dump())
+    elif result.success:
+        click.echo(f"✓ success in {result.duration_ms} ms")
+    else:
+        click.echo(f"✗ {result.status} after {result.duration_ms} ms: {result.error}")
+    if not as_json and result.output:
+        click.echo(result.output.rstrip("\n"))
+    if not result.success:
+        raise SystemExit(1)

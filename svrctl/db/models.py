@@ -104,6 +104,16 @@ class RunStatus(enum.StrEnum):
     MISSED = "missed"
     CANCELLED = "cancelled"
 
+    @property
+    def final(self) -> bool:
+        """True for every status but ``running``."""
+        return self is not RunStatus.RUNNING
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """True for the outcomes that count as failed runs in task stats."""
+        return self in {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CRASHED}
+
 
 class TriggeredBy(enum.StrEnum):
     """What started a run."""
@@ -189,6 +199,7 @@ class Task(Base):
     overlap_policy: Mapped[str] = mapped_column(String(16), default=OverlapPolicy.SKIP.value)
     misfire_grace_seconds: Mapped[int] = mapped_column(default=60)
     pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    min_success: Mapped[int | None]
     # stats
     run_count: Mapped[int] = mapped_column(default=0)
     success_count: Mapped[int] = mapped_column(default=0)

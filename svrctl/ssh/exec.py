@@ -6,12 +6,11 @@ import logging
 import re
 import select
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import paramiko
 
+from svrctl.commands import CommandResult, LineCallback
 from svrctl.exceptions import ChannelClosedError, CommandTimedOutError, SshError
 from svrctl.ssh.output import BoundedBuffer, LineSplitter
 from svrctl.ssh.remote import PID_MARKER, SUDO_PROMPT, kill_script, wrap_command
@@ -28,38 +27,6 @@ _PID_LINE = re.compile(re.escape(PID_MARKER) + rb"(\d+)\r?\n")
 _READ_SIZE = 64 * 1024
 _KILL_WAIT_SECONDS = 10.0
 _MASK = "********"
-
-LineCallback = Callable[[str, str], None]
-
-
-@dataclass
-class CommandResult:
-    """What one command did on one server."""
-
-    server: str
-    command: str
-    exit_code: int | None
-    stdout: str
-    stderr: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    stdout_bytes: int
-    stderr_bytes: int
-    duration_ms: int
-    timed_out: bool = False
-    error: SshError | None = field(default=None, repr=False)
-
-    @property
-    def success(self) -> bool:
-        """True when the command exited 0 within its timeout."""
-        return self.exit_code == 0 and not self.timed_out and self.error is None
-
-    @property
-    def status(self) -> str:
-        """Return ``success``, ``failed`` or ``timed_out``."""
-        if self.timed_out:
-            return "timed_out"
-        return "success" if self.success else "failed"
 
 
 class _StreamFilter:

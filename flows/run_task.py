@@ -1,0 +1,175 @@
+"""The ``run-task`` flow: one generic flow that runs any task by its id."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Completed, Failed
+
+from svrctl.db.models import TriggeredBy, utcnow
+from svrctl.execution.engine import RunRequest, TaskExecutionResult, execute_task
+from svrctl.runtime import app_database, app_settings
+
+__all__ = ["run_task"]
+
+# Live output lines sent to the run log per run; the full output is in history.
+LIVE_LINE_CAP = 2000
+
+
+def _run_name() -> str:
+    """Name a flow run after its task and the time it started."""
+    from svrctl.db.models import Task
+
+    task_id = runtime_flow_run.parameters.get("task_id")
+    name = f"task-{task_id}"
+    try:
+        with app_database().read() as session:
+            task = session.get(Task, int(task_id))
+            if task is not None:
+                name = task.name
+    except Exception:  # naming must never stop a run
+        logging.getLogger("svrctl").debug("could not name the flow run", exc_info=True)
+    return f"{name}-{utcnow():%Y%m%d-%H%M%S}"
+
+
+def _trigger() -> tuple[TriggeredBy, Any]:
+    """Tell what started this flow run, and when it was scheduled for."""
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is None or run.deployment_id is None:
+        return TriggeredBy.MANUAL, None
+    if run.auto_scheduled:
+        return TriggeredBy.SCHEDULE, run.expected_start_time
+    created_by = getattr(run, "created_by", None)
+    if created_by is not None and str(getattr(created_by, "type", "")).upper() == "AUTOMATION":
+        return TriggeredBy.CHAIN, None
+    return TriggeredBy.API, None
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "task"
+
+
+@flow(
+    name="run-task",
+    flow_run_name=_run_name,
+    description="Run one svrctl task by id: its command over SSH, locally, or a plugin.",
+    persist_result=False,
+    validate_parameters=True,
+)
+async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | State[Any]:
+    """Run the task ``task_id`` once, with its timeout and retries, and record its history.
+
+    Args:
+        task_id: Id of the task in svrctl's database (see `svrctl task show NAME`).
+        force: Run the task even if it is disabled.
+    """
+    logger = get_run_logger()
+    settings = app_settings()
+    db = app_database(settings)
+    triggered_by, scheduled_at = _trigger()
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
+    sent = 0
+
+    def on_line(server: str, stream: str, line: str) -> None:
+        nonlocal sent
+        sent += 1
+        if sent <= LIVE_LINE_CAP:
+            logger.info("[%s%s] %s", server, "" if stream == "stdout" else " stderr", line)
+        elif sent == LIVE_LINE_CAP + 1:
+            logger.info("… live output stops here; the history row keeps the output")
+
+    request = RunRequest(
+        task_id=task_id,
+        force=force,
+        triggered_by=triggered_by,
+        flow_run_id=flow_run_id,
+        scheduled_at=scheduled_at,
+        log=logger,
+        on_line=on_line,
+    )
+    result = await anyio.to_thread.run_sync(execute_task, db, settings, request)
+    await _artifacts(result)
+    if not result.success:
+        return Failed(message=f"{result.status}: {result.error}", data=result)
+    return Completed(message="success", data=result)
+
+
+async def _artifacts(result: TaskExecutionResult) -> None:
+    """Show the run and the task's recent history in Prefect's UI."""
+    from svrctl.tasks import recent_history
+
+    db = app_database()
+
+    def load() -> tuple[list[dict[str, Any]], str, str]:
+        from svrctl.db.models import Server, Task
+
+        with db.read() as session:
+            task = session.get(Task, result.task_id)
+            if task is None:
+                return [], "", ""
+            server = session.get(Server, task.server_id) if task.server_id else None
+            target = (
+                server.name
+                if server
+                else (f"tag {task.server_tag}" if task.server_tag else "local")
+            )
+            command = task.command or f"plugin {task.plugin}"
+            rows = [
+                {
+                    "started": f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+                    "status": r.status,
+                    "server": r.server_name or "-",
+                    "attempt": r.attempt,
+                    "by": r.triggered_by,
+                    "duration_ms": r.duration_ms,
+                    "exit_code": r.exit_code,
+                    "flow_run": r.flow_run_id or "-",
+                }
+                for r in recent_history(session, task, 20)
+            ]
+            return rows, target, command
+
+    rows, target, command = await anyio.to_thread.run_sync(load)
+    mark = "✓" if result.success else "✗"
+    tail = result.output[-4000:]
+    fence = "~~~~"
+    body = "\n".join(
+        [
+            f"### {mark} {result.task_name}: {result.status}",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| server | {_cell(target)} |",
+            f"| command | `{_cell(command)}` |",
+            f"| exit code | {result.exit_code if result.exit_code is not None else '-'} |",
+            f"| duration | {result.duration_ms} ms |",
+            f"| attempts | {result.attempts} |",
+            "",
+            *([f"**Error:** {_cell(result.error)}", ""] if result.error else []),
+            "Output (tail):",
+            "",
+            fence,
+            tail,
+            fence,
+        ]
+    )
+    await acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}")
+    if rows:
+        await acreate_table_artifact(
+            table=rows,
+            key=f"task-{_slug(result.task_name)}-history",
+            description=f"Latest runs of {result.task_name}",
+        )
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")

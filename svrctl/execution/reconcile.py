@@ -1,0 +1,111 @@
+"""Finish rows left ``running`` by a process that died, and purge old history."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from uuid import UUID
+
+from sqlalchemy import delete, select
+
+from svrctl.db.engine import Database
+from svrctl.db.models import RunStatus, TaskHistory, utcnow
+from svrctl.execution.history import update_stats
+
+__all__ = ["FlowRunState", "purge_history", "reconcile_running"]
+
+log = logging.getLogger("svrctl.reconcile")
+
+# Returns the Prefect state type of a flow run ("RUNNING", "COMPLETED", ...), or None if gone.
+FlowRunState = Callable[[UUID], Awaitable[str | None]]
+
+_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+async def reconcile_running(db: Database, state_of: FlowRunState) -> list[int]:
+    """Mark ``crashed`` (or ``cancelled``) every running row whose flow run is over or gone.
+
+    Each affected run is counted once in its task's stats. Returns the row ids changed.
+    """
+    with db.read() as session:
+        rows = list(
+            session.scalars(
+                select(TaskHistory).where(
+                    TaskHistory.status == RunStatus.RUNNING.value,
+                    TaskHistory.flow_run_id.is_not(None),
+                )
+            )
+        )
+    changed: dict[int, RunStatus] = {}
+    verdicts: dict[str, str | None] = {}
+    for row in rows:
+        run_id = row.flow_run_id or ""
+        if run_id not in verdicts:
+            try:
+                verdicts[run_id] = await state_of(UUID(run_id))
+            except ValueError:
+                verdicts[run_id] = None
+        state = verdicts[run_id]
+        if state is not None and state not in _FINAL:
+            continue
+        status = RunStatus.CANCELLED if state == "CANCELLED" else RunStatus.CRASHED
+        why = (
+            "its Prefect flow run no longer exists"
+            if state is None
+            else f"its Prefect flow run ended {state} while this row was still running"
+        )
+        if _finish(db, row.id, status, f"{status.value}: {why} (the process running it died)"):
+            changed[row.id] = status
+    counted: set[tuple[int, str]] = set()
+    for row in rows:
+        key = (row.task_id, row.flow_run_id or "")
+        if row.id in changed and key not in counted:
+            counted.add(key)
+            update_stats(
+                db,
+                row.task_id,
+                status=changed[row.id],
+                finished_at=utcnow(),
+                duration_ms=int((utcnow() - row.started_at).total_seconds() * 1000),
+            )
+    for row_id, status in changed.items():
+        log.warning("history row %d marked %s", row_id, status.value)
+    return list(changed)
+
+
+def _finish(db: Database, row_id: int, status: RunStatus, error: str) -> bool:
+    """Finish one running row; False if another process finished it first."""
+    with db.write() as session:
+        row = session.get(TaskHistory, row_id)
+        if row is None or row.status != RunStatus.RUNNING.value:
+            return False
+        now = utcnow()
+        row.status = status.value
+        row.success = False
+        row.error = error
+        row.finished_at = now
+        row.duration_ms = int((now - row.started_at).total_seconds() * 1000)
+        return True
+
+
+def purge_history(db: Database, retention_days: int, batch: int = 10_000) -> int:
+    """Delete finished history rows older than ``retention_days``; return how many."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    total = 0
+    while True:
+        with db.write() as session:
+            ids = list(
+                session.scalars(
+                    select(TaskHistory.id)
+                    .where(
+                        TaskHistory.started_at < cutoff,
+                        TaskHistory.status != RunStatus.RUNNING.value,
+                    )
+                    .limit(batch)
+                )
+            )
+            if not ids:
+                return total
+            session.execute(delete(TaskHistory).where(TaskHistory.id.in_(ids)))
+            total += len(ids)

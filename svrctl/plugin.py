@@ -1,0 +1,125 @@
+"""The plugin interface: what a plugin declares, what it gets, and what it returns.
+
+Built-in plugins live in ``svrctl.plugins``; third-party ones register under the
+entry-point group ``svrctl.plugins``. A plugin never opens SSH connections
+itself: it runs commands through ``ctx.runner``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from svrctl.commands import CommandRunner
+from svrctl.exceptions import BadInputError, NotFoundError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Metric",
+    "Plugin",
+    "PluginContext",
+    "PluginResult",
+    "get_plugin",
+    "plugin_names",
+    "validate_config",
+]
+
+ENTRY_POINT_GROUP = "svrctl.plugins"
+BUILTIN_MODULES = ("svrctl.plugins.echo",)
+
+
+class Metric(BaseModel):
+    """One measured figure."""
+
+    name: str
+    value: float
+    unit: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PluginResult(BaseModel):
+    """What a plugin run found."""
+
+    success: bool
+    summary: str
+    details: str = ""
+    metrics: list[Metric] = Field(default_factory=list)
+    notify: bool = False
+    priority: int = Field(default=5, ge=1, le=10)
+
+
+@dataclass
+class PluginContext:
+    """What a plugin run gets: a command runner for its target, secrets and a logger."""
+
+    runner: CommandRunner
+    timeout: float
+    action: str
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("svrctl.plugin"))
+
+
+class Plugin(ABC):
+    """A plugin: a name, a config model, its actions, and ``run``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]]
+    actions: ClassVar[tuple[str, ...]] = ("check",)
+
+    @abstractmethod
+    def run(self, ctx: PluginContext, config: BaseModel) -> PluginResult:
+        """Do the plugin's work for one target and report it."""
+
+
+class NoConfig(BaseModel):
+    """A plugin that takes no settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _registry() -> dict[str, type[Plugin]]:
+    import importlib
+
+    found: dict[str, type[Plugin]] = {}
+    for module_name in BUILTIN_MODULES:
+        module = importlib.import_module(module_name)
+        plugin: type[Plugin] = module.PLUGIN
+        found[plugin.name] = plugin
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found
+
+
+def plugin_names() -> list[str]:
+    """Return the names of every installed plugin."""
+    return sorted(_registry())
+
+
+def get_plugin(name: str) -> type[Plugin]:
+    """Return the plugin class called ``name``, or raise NotFoundError."""
+    registry = _registry()
+    if name not in registry:
+        raise NotFoundError(
+            f"no plugin named {name!r}; installed plugins: {', '.join(sorted(registry))}",
+            field="plugin",
+        )
+    return registry[name]
+
+
+def validate_config(plugin: type[Plugin], config: dict[str, Any] | None) -> BaseModel:
+    """Validate a plugin config, raising a BadInputError that names the bad field."""
+    try:
+        return plugin.config_model.model_validate(config or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise BadInputError(
+            f"invalid config for plugin {plugin.name!r}: {where}: {err['msg']}",
+            field=f"plugin_config.{where}",
+        ) from None

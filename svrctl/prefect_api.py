@@ -1,0 +1,91 @@
+"""Which Prefect API to talk to: PREFECT_API_URL, else the server `svrctl up` runs, else say so."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from svrctl.settings import Settings
+
+__all__ = ["api_state_file", "choose_api", "healthy", "remember_api"]
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+def api_state_file(settings: Settings) -> Path:
+    """Return the file where `svrctl up` writes the address of the server it runs."""
+    return settings.home / "prefect-api.json"
+
+
+def remember_api(settings: Settings, url: str) -> None:
+    """Record the API address of the server `svrctl up` started."""
+    path = api_state_file(settings)
+    settings.ensure_home()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def _remembered(settings: Settings) -> str | None:
+    try:
+        data = json.loads(api_state_file(settings).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def healthy(url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
+    """Tell whether a Prefect API answers its health check."""
+    import httpx
+
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    headers = {}
+    if auth:
+        import base64
+
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    try:
+        response = httpx.get(url.rstrip("/") + "/health", timeout=timeout, headers=headers)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def choose_api(settings: Settings, warn: Callable[[str], None]) -> str | None:
+    """Point this process at a reachable Prefect API and return it; None means ephemeral.
+
+    The order is PREFECT_API_URL (the environment or the active Prefect profile),
+    then the server `svrctl up` runs. With neither reachable, ``warn`` is told
+    before Prefect's slow, temporary in-process API is used.
+    """
+    configured = os.environ.get("PREFECT_API_URL") or _profile_api_url()
+    if configured:
+        if healthy(configured):
+            return configured
+        warn(f"the Prefect API at {configured} (PREFECT_API_URL) does not answer")
+    remembered = _remembered(settings)
+    if remembered and remembered != configured:
+        if healthy(remembered):
+            os.environ["PREFECT_API_URL"] = remembered
+            return remembered
+        warn(f"the Prefect server that `svrctl up` started ({remembered}) does not answer")
+    if configured:
+        # Keep the user's choice: Prefect will report the connection error itself.
+        return configured
+    warn(
+        "no Prefect server is reachable (PREFECT_API_URL is not set and `svrctl up` is not "
+        "running): falling back to a temporary in-process Prefect API, which takes about "
+        "20 s to start. Run `svrctl up` or set PREFECT_API_URL to avoid this."
+    )
+    return None
+
+
+def _profile_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None

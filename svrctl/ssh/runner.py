@@ -1,0 +1,52 @@
+"""A CommandRunner for one server over SSH: connect, run, close, errors as results."""
+
+from __future__ import annotations
+
+import time
+
+from svrctl.commands import CommandResult, LineCallback
+from svrctl.exceptions import SshError
+from svrctl.ssh.connection import connect
+from svrctl.ssh.target import SshTarget
+
+__all__ = ["SshRunner"]
+
+
+class SshRunner:
+    """Runs commands on one server; a connection failure becomes a failed result."""
+
+    def __init__(self, target: SshTarget, *, output_limit: int, pty: bool = False) -> None:
+        self.target = target
+        self.name = target.name
+        self.output_limit = output_limit
+        self.pty = pty
+
+    def run(
+        self, command: str, *, timeout: float, on_line: LineCallback | None = None
+    ) -> CommandResult:
+        """Connect, run ``command`` within ``timeout`` seconds in all, and close."""
+        started = time.monotonic()
+        try:
+            with connect(self.target) as session:
+                left = max(timeout - (time.monotonic() - started), 1.0)
+                return session.run(
+                    command,
+                    timeout=left,
+                    output_limit=self.output_limit,
+                    on_line=on_line,
+                    pty=self.pty,
+                )
+        except SshError as exc:
+            return CommandResult(
+                server=self.name,
+                command=command,
+                exit_code=None,
+                stdout="",
+                stderr="",
+                stdout_truncated=False,
+                stderr_truncated=False,
+                stdout_bytes=0,
+                stderr_bytes=0,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                error=exc,
+            )
