@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -162,13 +163,16 @@ async def _artifacts(result: TaskExecutionResult) -> None:
             fence,
         ]
     )
-    await acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}")
+    jobs = [acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}")]
     if rows:
-        await acreate_table_artifact(
-            table=rows,
-            key=f"task-{_slug(result.task_name)}-history",
-            description=f"Latest runs of {result.task_name}",
+        jobs.append(
+            acreate_table_artifact(
+                table=rows,
+                key=f"task-{_slug(result.task_name)}-history",
+                description=f"Latest runs of {result.task_name}",
+            )
         )
+    await asyncio.gather(*jobs)
 
 
 def _cell(text: str | None) -> str:

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     history_retention_days: int = Field(
         default=30, ge=1, description="Days of run history kept by the retention cleanup."
     )
+    ssh_idle_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a worker keeps an idle SSH connection for reuse; 0 disables.",
+    )
     sqlite_busy_timeout_ms: int = Field(
         default=30_000, ge=0, description="How long SQLite waits for a lock before failing."
     )

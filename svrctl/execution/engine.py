@@ -281,8 +281,10 @@ def _ssh_runner_factory(
         return broken
 
     def make() -> CommandRunner:
+        from svrctl.ssh.pool import default_pool
         from svrctl.ssh.runner import SshRunner
 
+        default_pool.idle_seconds = settings.ssh_idle_seconds
         return SshRunner(target, output_limit=settings.output_limit_bytes, pty=task.pty)
 
     return make
