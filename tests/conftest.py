@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from svrctl.db.engine import Database, open_database
 from svrctl.db.migrate import upgrade
 
-pytest_plugins = ["fixtures.sshd", "fixtures.postgres"]
+pytest_plugins = ["fixtures.sshd", "fixtures.postgres", "fixtures.prefect"]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

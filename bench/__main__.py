@@ -1,0 +1,51 @@
+"""Run the benchmark suite: `python -m bench [--quick] [--only N ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import Row, print_table, write_json
+
+
+def main() -> int:
+    """Start what the benchmarks need, run them, print the table and write latest.json."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
+    parser.add_argument("--only", nargs="*", type=int, help="benchmark numbers to run")
+    parser.add_argument("--output", type=Path, help="JSON file (default bench/results/latest.json)")
+    args = parser.parse_args()
+    wanted = set(args.only or [1, 8])
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        if wanted & {1}:
+            from fixtures.prefect_server import start_prefect_server
+
+            print("starting a Prefect server ...", file=sys.stderr)
+            server = start_prefect_server(Path(tmp) / "prefect")
+        try:
+            if 8 in wanted:
+                from bench import cli_startup
+
+                print("8 CLI start-up ...", file=sys.stderr)
+                rows.append(cli_startup.run(args.quick))
+            if 1 in wanted and server is not None:
+                from bench import engine_overhead
+
+                print("1 engine overhead ...", file=sys.stderr)
+                rows.append(engine_overhead.run(args.quick, server.api_url))
+        finally:
+            if server is not None:
+                server.stop()
+    rows.sort(key=lambda r: int(r.name.split()[0]))
+    print_table(rows)
+    path = write_json(rows, args.quick, args.output)
+    print(f"\nwritten to {path}")
+    return 0 if all(r.met for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Engine overhead: the run-task flow running `true` over SSH vs raw paramiko, one warm process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Row, median
+
+GOAL = 2.0
+
+
+def _raw(host: str, port: int, user: str, key: Path, known_hosts: Path) -> float:
+    import paramiko
+
+    start = time.perf_counter()
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.connect(host, port=port, username=user, key_filename=str(key),
+                   look_for_keys=False, allow_agent=False)  # fmt: skip
+    _, stdout, _ = client.exec_command("true")
+    stdout.channel.recv_exit_status()
+    client.close()
+    return time.perf_counter() - start
+
+
+def run(quick: bool, prefect_api: str) -> Row:
+    """Measure both in this process, interleaved, after a warm-up of each."""
+    from fixtures.sshd import start_sshd
+
+    repeat = 5 if quick else 20
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sshd = start_sshd(work / "sshd")
+        try:
+            home = work / "home"
+            os.environ |= {
+                "SVRCTL_HOME": str(home),
+                "SVRCTL_TIMEZONE": "UTC",
+                "PREFECT_API_URL": prefect_api,
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+            }
+            os.environ.pop("SVRCTL_DATABASE_URL", None)
+            from svrctl import runtime
+            from svrctl.db.migrate import upgrade
+            from svrctl.servers import add_server
+            from svrctl.specs import ServerSpec, TaskSpec
+            from svrctl.tasks import add_task
+
+            runtime.reset()
+            settings = runtime.app_settings()
+            upgrade(settings.resolved_database_url)
+            settings.ensure_home()
+            (home / "known_hosts").write_text(sshd.host_key_line + "\n")
+            with runtime.app_database().write() as s:
+                spec = ServerSpec(
+                    name="bench",
+                    host=sshd.host,
+                    port=sshd.port,
+                    username=sshd.username,
+                    key_path=str(sshd.user_key),
+                )
+                add_server(s, spec)
+                task_id = add_task(
+                    s,
+                    TaskSpec(
+                        name="bench-true",
+                        kind="ssh",
+                        server="bench",
+                        command="true",
+                        timezone="UTC",
+                        overlap_policy="queue",
+                    ),
+                ).id
+            from svrctl.flows.run_task import run_task
+
+            async def flow_once() -> float:
+                start = time.perf_counter()
+                state = await run_task(task_id=task_id, return_state=True)
+                elapsed = time.perf_counter() - start
+                result = await state.aresult(raise_on_failure=False)
+                assert getattr(result, "success", False), result
+                return elapsed
+
+            async def measure() -> tuple[list[float], list[float]]:
+                await flow_once()  # warm-up: imports, first API calls
+                _raw(sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts")
+                flows, raws = [], []
+                for _ in range(repeat):
+                    flows.append(await flow_once())
+                    raws.append(
+                        _raw(
+                            sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts"
+                        )
+                    )
+                return flows, raws
+
+            flows, raws = asyncio.run(measure())
+            with runtime.app_database().read() as s:
+                from sqlalchemy import func, select
+
+                from svrctl.db.models import TaskHistory
+
+                rows = s.scalar(select(func.count()).select_from(TaskHistory))
+        finally:
+            sshd.stop()
+    ratio = median(flows) / median(raws)
+    correct = rows == repeat + 1
+    return Row(
+        name="1 engine overhead (run-task `true` over SSH)",
+        baseline=f"raw paramiko {median(raws) * 1000:.0f} ms",
+        ours=f"{median(flows) * 1000:.0f} ms",
+        figure=f"{ratio:.2f}x",
+        goal=f"<= {GOAL}x",
+        met=ratio <= GOAL and correct,
+        details={
+            "repeat": repeat,
+            "history_rows": rows,
+            "flow_ms": [round(f * 1000) for f in flows],
+            "raw_ms": [round(r * 1000) for r in raws],
+        },
+    )
