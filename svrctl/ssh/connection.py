@@ -52,9 +52,14 @@ def _open_socket(target: SshTarget) -> tuple[Any, SshSession | None]:
         except paramiko.ChannelException as exc:
             jump.close()
             reason = exc.text or f"code {exc.code}"
+            hint = (
+                "Its sshd refuses TCP forwarding: allow it (AllowTcpForwarding yes)."
+                if exc.code == 1  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                else "Check the address and that the jump host can reach it."
+            )
             raise SshConnectError(
                 f"jump host {target.jump.name} could not reach {target.host}:{target.port} "
-                f"({reason}). Check the address and that the jump host can reach it.",
+                f"({reason}). {hint}",
                 **_ctx(target),
             ) from exc
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -112,6 +117,8 @@ def _start_transport(target: SshTarget, sock: Any) -> paramiko.Transport:
     except paramiko.SSHException as exc:
         transport.close()
         text = str(exc)
+        if _closed_by_server(exc):
+            raise _closed_during_handshake(target, exc) from exc
         if "banner" in text.lower():
             raise BannerTimeoutError(
                 f"{target.host}:{target.port} accepted the connection but sent no SSH banner "
@@ -134,13 +141,28 @@ def _start_transport(target: SshTarget, sock: Any) -> paramiko.Transport:
         ) from exc
     except (EOFError, OSError) as exc:
         transport.close()
-        raise SshConnectError(
-            f"{target.host}:{target.port} closed the connection during the SSH handshake "
-            f"({exc.__class__.__name__}). Check sshd's logs there (MaxStartups, "
-            "AllowUsers, TCP wrappers).",
-            **_ctx(target),
-        ) from exc
+        raise _closed_during_handshake(target, exc) from exc
     return transport
+
+
+def _closed_by_server(exc: paramiko.SSHException) -> bool:
+    """Tell whether paramiko's handshake error wraps the server closing the connection.
+
+    paramiko reports both "no banner in time" and "connection closed before the
+    banner" as "Error reading SSH protocol banner"; the wrapped error tells them apart.
+    """
+    cause = exc.__context__
+    return isinstance(cause, EOFError | OSError) and not isinstance(cause, TimeoutError)
+
+
+def _closed_during_handshake(target: SshTarget, exc: BaseException) -> SshConnectError:
+    cause = exc.__context__ if isinstance(exc, paramiko.SSHException) else exc
+    return SshConnectError(
+        f"{target.host}:{target.port} closed the connection during the SSH handshake "
+        f"({(cause or exc).__class__.__name__}). Check sshd's logs there (MaxStartups, "
+        "AllowUsers, TCP wrappers).",
+        **_ctx(target),
+    )
 
 
 def _authenticate(target: SshTarget, transport: paramiko.Transport) -> str:
@@ -281,9 +303,19 @@ def fetch_host_key(target: SshTarget) -> paramiko.PKey:
         key: paramiko.PKey = transport.get_remote_server_key()
         return key
     except paramiko.SSHException as exc:
-        raise BannerTimeoutError(
-            f"no SSH handshake with {target.host}:{target.port}: {exc}", **_ctx(target)
+        if _closed_by_server(exc):
+            raise _closed_during_handshake(target, exc) from exc
+        if "banner" in str(exc).lower():
+            raise BannerTimeoutError(
+                f"{target.host}:{target.port} accepted the connection but sent no SSH banner "
+                f"within {target.banner_timeout:g} s. Check that this port is sshd.",
+                **_ctx(target),
+            ) from exc
+        raise SshConnectError(
+            f"SSH negotiation with {target.host}:{target.port} failed: {exc}", **_ctx(target)
         ) from exc
+    except (EOFError, OSError) as exc:
+        raise _closed_during_handshake(target, exc) from exc
     finally:
         transport.close()
         if via is not None:

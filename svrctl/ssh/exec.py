@@ -71,7 +71,8 @@ class _StreamFilter:
         if len(rest) < len(PID_MARKER):
             return PID_MARKER.startswith(rest)
         tail = rest[len(PID_MARKER) :]
-        return rest.startswith(PID_MARKER) and len(tail) < 24 and tail.rstrip(b"\r").isdigit()
+        digits = tail.rstrip(b"\r")
+        return rest.startswith(PID_MARKER) and len(tail) < 24 and (not tail or digits.isdigit())
 
     def flush(self) -> bytes:
         carry, self.carry = self.carry, b""
@@ -155,13 +156,18 @@ def run_on_session(
             if remaining <= 0:
                 timed_out = True
                 break
-            _drain(chan, streams)
+            _drain(chan, streams, until=deadline)
             prompts = sum(s.filter.prompts for s in streams.values())
             while answered < prompts:
                 answered += 1
                 if secret is None:
                     log.warning("sudo asked for a password, but the server names no sudo secret")
-                    chan.shutdown_write()
+                    if pty:
+                        # A pty never reports the end of our input; the terminal's EOF
+                        # key (^D) ends sudo's password read the same way.
+                        chan.sendall(b"\x04")
+                    else:
+                        chan.shutdown_write()
                 else:
                     chan.sendall((secret + "\n").encode())
             if chan.eof_received or chan.closed:
@@ -171,14 +177,14 @@ def run_on_session(
             remaining = deadline - time.monotonic()
             if not chan.status_event.wait(max(remaining, 0)):
                 timed_out = True
-        _drain(chan, streams)
+            _drain(chan, streams)  # EOF came: what is left is finite
     except (paramiko.SSHException, EOFError, OSError) as exc:
         error = _lost(session, command, exc)
     pid = streams["stderr"].filter.pid or streams["stdout"].filter.pid
     exit_code: int | None = None
     if timed_out:
         _stop_remote(session, pid)
-        _drain(chan, streams)
+        _drain(chan, streams, until=time.monotonic() + 1.0)
         error = CommandTimedOutError(
             f"the command ran longer than its timeout of {timeout:g} s on {target.name}; "
             "svrctl stopped it and every process it started there.",
@@ -221,12 +227,22 @@ def run_on_session(
     )
 
 
-def _drain(chan: paramiko.Channel, streams: dict[str, _Stream]) -> None:
-    """Read whatever output is already there, without waiting."""
-    while chan.recv_ready():
-        streams["stdout"].feed(chan.recv(_READ_SIZE))
-    while chan.recv_stderr_ready():
-        streams["stderr"].feed(chan.recv_stderr(_READ_SIZE))
+def _drain(chan: paramiko.Channel, streams: dict[str, _Stream], until: float | None = None) -> None:
+    """Read whatever output is already there, without waiting, and stop at ``until``.
+
+    Without the bound, a command printing faster than we consume (or than ``on_line``
+    handles) would keep us reading forever, past its timeout.
+    """
+    while True:
+        got = False
+        if chan.recv_ready():
+            streams["stdout"].feed(chan.recv(_READ_SIZE))
+            got = True
+        if chan.recv_stderr_ready():
+            streams["stderr"].feed(chan.recv_stderr(_READ_SIZE))
+            got = True
+        if not got or (until is not None and time.monotonic() >= until):
+            return
 
 
 def _lost(session: SshSession, command: str, exc: BaseException | None) -> ChannelClosedError:

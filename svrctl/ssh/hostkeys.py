@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 
 from svrctl.db.models import HostKeyPolicy
-from svrctl.exceptions import HostKeyChangedError, HostKeyUnknownError
+from svrctl.exceptions import HostKeyChangedError, HostKeyError, HostKeyUnknownError
 from svrctl.ssh.target import SshTarget
 
 __all__ = [
@@ -37,14 +37,64 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+def _parse(line: str) -> paramiko.hostkeys.HostKeyEntry | None:
+    """Parse one known_hosts line (no marker); None when paramiko cannot use it."""
+    parse = paramiko.hostkeys.HostKeyEntry.from_line
+    try:
+        entry: paramiko.hostkeys.HostKeyEntry | None = parse(line)
+    except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError):
+        return None
+    return entry
+
+
+def _entries(path: Path | None) -> list[tuple[str | None, paramiko.hostkeys.HostKeyEntry]]:
+    """Return (marker, entry) for each usable line of a known_hosts file.
+
+    A line paramiko cannot use (a damaged line, an @cert-authority key) is skipped
+    with a warning, not the whole file. ``@revoked`` lines come with their marker.
+    """
+    if path is None or not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        log.warning("ignoring unreadable known_hosts file %s: %s", path, exc)
+        return []
+    found: list[tuple[str | None, paramiko.hostkeys.HostKeyEntry]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker: str | None = None
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            if marker != "@revoked":
+                continue  # @cert-authority: svrctl does not use host certificates
+        entry = _parse(line.strip())
+        if entry is None:
+            log.warning("ignoring line %d of known_hosts file %s: no usable key", number, path)
+            continue
+        found.append((marker, entry))
+    return found
+
+
 def _load(path: Path | None) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
-    if path is not None and path.is_file():
-        try:
-            keys.load(str(path))
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            log.warning("ignoring unreadable known_hosts file %s: %s", path, exc)
+    for marker, entry in _entries(path):
+        if marker is None:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
     return keys
+
+
+def _revoked(target: SshTarget) -> list[paramiko.PKey]:
+    """Return the keys marked ``@revoked`` in either known_hosts file, whatever host."""
+    return [
+        entry.key
+        for path in (target.user_known_hosts, target.known_hosts)
+        for marker, entry in _entries(path)
+        if marker == "@revoked"
+    ]
 
 
 def known_keys(target: SshTarget) -> dict[str, paramiko.PKey]:
@@ -85,6 +135,18 @@ def _changed(target: SshTarget, key: paramiko.PKey, known: dict[str, paramiko.PK
 
 def verify_host_key(target: SshTarget, key: paramiko.PKey) -> str:
     """Check a presented host key against the pins; return 'known' or 'pinned', or raise."""
+    if any(key == revoked for revoked in _revoked(target)):
+        raise HostKeyError(
+            f"the host key of {target.name} ({target.known_hosts_name}), {key.get_name()} "
+            f"{fingerprint(key)}, is marked @revoked in a known_hosts file; nothing was run. "
+            "Give the server a new host key, then run "
+            f"`svrctl server trust {target.name}`.",
+            host=target.host,
+            port=target.port,
+            user=target.username,
+            key_type=key.get_name(),
+            fingerprint=fingerprint(key),
+        )
     known = known_keys(target)
     if known:
         pinned = known.get(key.get_name())
@@ -138,7 +200,10 @@ def pin_host_key(target: SshTarget, key: paramiko.PKey, *, replace: bool = False
 
 def _names_host(line: str, name: str) -> bool:
     """Tell whether a known_hosts line is about ``name`` (plain or hashed entries)."""
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+    text = line.strip()
+    if not text or text.startswith(("#", "@")):
+        return False  # comments and marker lines are kept as they are
+    entry = _parse(text)
     if entry is None:
         return False
     for pattern in entry.hostnames:

@@ -59,7 +59,13 @@ def load_key(path: Path, passphrase: str | None) -> KeyCandidate:
         )
         return candidate
     try:
-        candidate.key = paramiko.PKey.from_path(path, passphrase)
+        candidate.key = _read_key(path, passphrase)
+    except paramiko.UnknownKeyType as exc:
+        kind = getattr(exc.key_type, "__name__", None) or "unknown"
+        candidate.problem = (
+            f"not a usable private key (its type, {kind}, is not supported: "
+            "use an ed25519, rsa or ecdsa key)"
+        )
     except paramiko.PasswordRequiredException:
         candidate.problem = (
             "it is encrypted and no passphrase was given "
@@ -79,3 +85,24 @@ def load_key(path: Path, passphrase: str | None) -> KeyCandidate:
     except OSError as exc:
         candidate.problem = f"cannot read it ({exc.strerror})"
     return candidate
+
+
+def _read_key(path: Path, passphrase: str | None) -> paramiko.PKey:
+    """Load a private key with ``PKey.from_path``, smoothing out how paramiko 5 fails.
+
+    Its crypto backend wants the passphrase as bytes, and raises TypeError both for
+    an encrypted key without a passphrase and for a passphrase given with a key that
+    is not encrypted; such a key loads without it, as with OpenSSH.
+    """
+    secret = passphrase.encode() if passphrase else None
+    try:
+        key: paramiko.PKey = paramiko.PKey.from_path(path, secret)
+    except TypeError as exc:
+        text = str(exc).lower()
+        if secret is not None and "not encrypted" in text:
+            key = paramiko.PKey.from_path(path, None)
+        elif secret is None and ("encrypted" in text or "password" in text):
+            raise paramiko.PasswordRequiredException(str(exc)) from exc
+        else:
+            raise
+    return key

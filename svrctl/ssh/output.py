@@ -69,12 +69,15 @@ class LineSplitter:
         self._max = max_chars
 
     def feed(self, data: bytes) -> None:
-        """Add bytes; emit every line they complete."""
+        """Add bytes; emit every line they complete, in pieces of at most ``max_chars``."""
         text = self._pending + self._decoder.decode(data)
         *lines, self._pending = text.split("\n")
         for line in lines:
-            self._emit(line.rstrip("\r"))
-        while len(self._pending) > self._max:
+            self._emit_cut(line.rstrip("\r"))
+        # Cut an unfinished long line now, so memory stays bounded; a trailing "\r" may
+        # still be the start of "\r\n", so it does not count (the pieces are then the
+        # same however the stream was chunked).
+        while len(self._pending.rstrip("\r")) > self._max or len(self._pending) > 2 * self._max:
             self._emit(self._pending[: self._max])
             self._pending = self._pending[self._max :]
 
@@ -83,4 +86,10 @@ class LineSplitter:
         rest = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
         if rest:
-            self._emit(rest.rstrip("\r"))
+            self._emit_cut(rest.rstrip("\r"))
+
+    def _emit_cut(self, line: str) -> None:
+        while len(line) > self._max:
+            self._emit(line[: self._max])
+            line = line[self._max :]
+        self._emit(line)
