@@ -165,7 +165,10 @@ def test_connection_options(svrctl: Invoke) -> None:
     assert r.exit_code == 0, r.output
     data = json.loads(svrctl("server", "show", "inner", "--json").output)
     assert (data["jump"], data["connect_timeout_seconds"]) == ("bastion", 5)
-    assert (data["key_passphrase_secret"], data["password_secret"]) == ("inner-key-pass", "inner-pw")
+    assert (data["key_passphrase_secret"], data["password_secret"]) == (
+        "inner-key-pass",
+        "inner-pw",
+    )
     assert data["sudo_password_secret"] == "inner-sudo"
     # a jump host in use cannot be removed; '' clears the option
     r = svrctl("server", "rm", "bastion")
