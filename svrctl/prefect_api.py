@@ -71,6 +71,7 @@ def choose_api(settings: Settings, warn: Callable[[str], None]) -> str | None:
     if remembered and remembered != configured:
         if healthy(remembered):
             os.environ["PREFECT_API_URL"] = remembered
+            _reload_prefect_settings()
             return remembered
         warn(f"the Prefect server that `svrctl up` started ({remembered}) does not answer")
     if configured:
@@ -89,3 +90,18 @@ def _profile_api_url() -> str | None:
 
     url = get_current_settings().api.url
     return str(url) if url else None
+
+
+def _reload_prefect_settings() -> None:
+    """Make an already imported Prefect read PREFECT_API_URL again.
+
+    Prefect fixes its settings from the environment when it is first imported (as
+    ``_profile_api_url`` does); without a refresh, a changed PREFECT_API_URL is
+    ignored and runs go to a temporary in-process API instead.
+    """
+    import sys
+
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()

@@ -88,12 +88,15 @@ class _Target:
 
 
 def backoff_delay(base: float, attempt: int, rng: random.Random | None = None) -> float:
-    """Return the wait before retry ``attempt`` (1 = first retry): base * 2^(n-1), ±20 % jitter."""
+    """Return the wait before retry ``attempt`` (1 = first retry).
+
+    That is base * 2^(n-1) with ±20 % jitter, and never more than MAX_BACKOFF_SECONDS.
+    """
     if base <= 0:
         return 0.0
     raw = min(base * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
     jitter: float = (rng or random).uniform(0.8, 1.2)
-    return raw * jitter
+    return min(raw * jitter, MAX_BACKOFF_SECONDS)
 
 
 def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskExecutionResult:
