@@ -12,7 +12,13 @@ from click.testing import CliRunner, Result
 from svrctl.db.engine import Database, open_database
 from svrctl.db.migrate import upgrade
 
-pytest_plugins = ["fixtures.sshd", "fixtures.postgres", "fixtures.prefect", "fixtures.runenv"]
+pytest_plugins = [
+    "fixtures.sshd",
+    "fixtures.postgres",
+    "fixtures.prefect",
+    "fixtures.prefect_server",
+    "fixtures.runenv",
+]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
