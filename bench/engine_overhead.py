@@ -85,20 +85,25 @@ def run(quick: bool, prefect_api: str) -> Row:
                 assert getattr(result, "success", False), result
                 return elapsed
 
-            async def measure() -> tuple[list[float], list[float]]:
-                await flow_once()  # warm-up: imports, first API calls
-                _raw(sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts")
-                flows, raws = [], []
-                for _ in range(repeat):
-                    flows.append(await flow_once())
-                    raws.append(
-                        _raw(
-                            sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts"
-                        )
-                    )
-                return flows, raws
+            from svrctl.ssh.pool import default_pool
 
-            flows, raws = asyncio.run(measure())
+            def raw_once() -> float:
+                return _raw(
+                    sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts"
+                )
+
+            async def measure() -> tuple[list[float], list[float], list[float]]:
+                await flow_once()  # warm-up: imports, first API calls
+                raw_once()
+                flows, cold, raws = [], [], []
+                for _ in range(repeat):
+                    flows.append(await flow_once())  # reuses the pooled connection
+                    default_pool.close_idle()
+                    cold.append(await flow_once())  # connects afresh
+                    raws.append(raw_once())
+                return flows, cold, raws
+
+            flows, cold, raws = asyncio.run(measure())
             with runtime.app_database().read() as s:
                 from sqlalchemy import func, select
 
@@ -108,7 +113,7 @@ def run(quick: bool, prefect_api: str) -> Row:
         finally:
             sshd.stop()
     ratio = median(flows) / median(raws)
-    correct = rows == repeat + 1
+    correct = rows == 2 * repeat + 1
     return Row(
         name="1 engine overhead (run-task `true` over SSH)",
         baseline=f"raw paramiko {median(raws) * 1000:.0f} ms",
@@ -120,6 +125,8 @@ def run(quick: bool, prefect_api: str) -> Row:
             "repeat": repeat,
             "history_rows": rows,
             "flow_ms": [round(f * 1000) for f in flows],
+            "flow_new_connection_ms": [round(c * 1000) for c in cold],
+            "ratio_new_connection": round(median(cold) / median(raws), 2),
             "raw_ms": [round(r * 1000) for r in raws],
         },
     )
