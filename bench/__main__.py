@@ -22,7 +22,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = None
         if wanted & {1}:
-            from fixtures.prefect_server import start_prefect_server
+            from svrctl.prefect_server import start_prefect_server
 
             print("starting a Prefect server ...", file=sys.stderr)
             server = start_prefect_server(Path(tmp) / "prefect")

@@ -11,10 +11,10 @@ from prefect.exceptions import ObjectNotFound
 from svrctl.execution.reconcile import purge_history, reconcile_running
 from svrctl.runtime import app_database, app_settings
 
-__all__ = ["history_retention", "reconcile_runs"]
+__all__ = ["flow_run_state", "history_retention", "reconcile_runs"]
 
 
-async def _state_of(flow_run_id: UUID) -> str | None:
+async def flow_run_state(flow_run_id: UUID) -> str | None:
     """Return a flow run's state type, or None when Prefect no longer has it."""
     async with get_client() as client:
         try:
@@ -27,7 +27,7 @@ async def _state_of(flow_run_id: UUID) -> str | None:
 @flow(name="reconcile-runs", persist_result=False)
 async def reconcile_runs() -> int:
     """Mark history rows crashed whose flow run is over or gone; return how many."""
-    changed = await reconcile_running(app_database(), _state_of)
+    changed = await reconcile_running(app_database(), flow_run_state)
     get_run_logger().info("reconciled %d history row(s) left running", len(changed))
     return len(changed)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from svrctl.settings import Settings
 
-__all__ = ["api_state_file", "choose_api", "healthy", "remember_api"]
+__all__ = ["api_state_file", "choose_api", "healthy", "reload_prefect_settings", "remember_api"]
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 
@@ -71,7 +71,7 @@ def choose_api(settings: Settings, warn: Callable[[str], None]) -> str | None:
     if remembered and remembered != configured:
         if healthy(remembered):
             os.environ["PREFECT_API_URL"] = remembered
-            _reload_prefect_settings()
+            reload_prefect_settings()
             return remembered
         warn(f"the Prefect server that `svrctl up` started ({remembered}) does not answer")
     if configured:
@@ -92,7 +92,7 @@ def _profile_api_url() -> str | None:
     return str(url) if url else None
 
 
-def _reload_prefect_settings() -> None:
+def reload_prefect_settings() -> None:
     """Make an already imported Prefect read PREFECT_API_URL again.
 
     Prefect fixes its settings from the environment when it is first imported (as

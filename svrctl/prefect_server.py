@@ -1,0 +1,142 @@
+"""Start and stop a local `prefect server start` process on SQLite under a home folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from svrctl.exceptions import SvrctlError
+
+__all__ = ["PrefectServer", "PrefectServerError", "free_port", "start_prefect_server"]
+
+
+class PrefectServerError(SvrctlError):
+    """The local Prefect server did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Tell whether nothing listens on ``host:port``."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class PrefectServer:
+    """A running Prefect server process."""
+
+    home: Path
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        """Return the API URL."""
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        """Return the UI URL."""
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Return environment variables that point a client at this server."""
+        return {"PREFECT_API_URL": self.api_url}
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server and its children."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_prefect_server(
+    home: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    timeout: float = 120.0,
+    extra_env: dict[str, str] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> PrefectServer:
+    """Start `prefect server start` with its database under ``home``; wait until healthy.
+
+    ``progress`` is called about once a second with the seconds waited so far.
+    """
+    import httpx
+
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    port = port or free_port(host)
+    log = home / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get(
+            "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
+        ),
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        **{k: v for k, v in os.environ.items() if k.startswith("PREFECT_SERVER_")},
+        **(extra_env or {}),
+    }
+    prefect = str(Path(sys.executable).parent / "prefect")
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [prefect, "server", "start", "--host", host, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = PrefectServer(home, host, port, process, log)
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise PrefectServerError(
+                f"prefect server exited early (code {process.returncode}); its log "
+                f"({log}) ends with:\n{_tail(log)}"
+            )
+        try:
+            if httpx.get(server.api_url + "/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if progress is not None:
+            progress(time.monotonic() - started)
+        time.sleep(1.0)
+    server.stop()
+    raise PrefectServerError(
+        f"prefect server was not healthy after {timeout:g} s; its log ({log}) ends with:\n"
+        f"{_tail(log)}"
+    )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
