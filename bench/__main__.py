@@ -17,11 +17,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", type=int, help="benchmark numbers to run")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/latest.json)")
     args = parser.parse_args()
-    wanted = set(args.only or [1, 8])
+    wanted = set(args.only or [1, 5, 8])
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = None
-        if wanted & {1}:
+        if wanted & {1, 2}:
             from svrctl.prefect_server import start_prefect_server
 
             print("starting a Prefect server ...", file=sys.stderr)
@@ -32,11 +32,21 @@ def main() -> int:
 
                 print("8 CLI start-up ...", file=sys.stderr)
                 rows.append(cli_startup.run(args.quick))
+            if 5 in wanted:
+                from bench import sync
+
+                print("5 sync ...", file=sys.stderr)
+                rows.append(sync.run(args.quick))  # starts its own Prefect servers
             if 1 in wanted and server is not None:
                 from bench import engine_overhead
 
                 print("1 engine overhead ...", file=sys.stderr)
                 rows.append(engine_overhead.run(args.quick, server.api_url))
+            if 2 in wanted and server is not None:
+                from bench import quick_run
+
+                print("2 quick run latency ...", file=sys.stderr)
+                rows.append(quick_run.run(args.quick, server.api_url))
         finally:
             if server is not None:
                 server.stop()

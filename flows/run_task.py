@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 
 from svrctl.db.models import TriggeredBy, utcnow
+from svrctl.execution.cancel import run_sync_cancellable
 from svrctl.execution.engine import RunRequest, TaskExecutionResult, execute_task
 from svrctl.runtime import app_database, app_settings
 
@@ -97,7 +99,10 @@ async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | S
         log=logger,
         on_line=on_line,
     )
-    result = await anyio.to_thread.run_sync(execute_task, db, settings, request)
+    # Cancelling the flow run stops the step's command and finishes its rows as cancelled.
+    result = await run_sync_cancellable(
+        lambda cancel: execute_task(db, settings, replace(request, cancel=cancel))
+    )
     await _artifacts(result)
     if not result.success:
         return Failed(message=f"{result.status}: {result.error}", data=result)

@@ -64,6 +64,7 @@ def server_spec(session: Session, server: Server) -> ServerSpec:
             "key_passphrase_secret": server.key_passphrase_secret,
             "password_secret": server.password_secret,
             "sudo_password_secret": server.sudo_password_secret,
+            "max_concurrent": server.max_concurrent,
         }
     )
 
@@ -96,6 +97,7 @@ def _apply(session: Session, server: Server, spec: ServerSpec) -> None:
     server.key_passphrase_secret = spec.key_passphrase_secret
     server.password_secret = spec.password_secret
     server.sudo_password_secret = spec.sudo_password_secret
+    server.max_concurrent = spec.max_concurrent
     server.name = spec.name
     server.host = spec.host
     server.port = spec.port
@@ -180,6 +182,7 @@ def server_to_dict(session: Session, server: Server) -> dict[str, Any]:
         "key_passphrase_secret": server.key_passphrase_secret,
         "password_secret": server.password_secret,
         "sudo_password_secret": server.sudo_password_secret,
+        "max_concurrent": server.max_concurrent,
         "created": server.created.isoformat() if server.created else None,
         "updated": server.updated.isoformat() if server.updated else None,
     }

@@ -112,6 +112,14 @@ class ServerSpec(BaseModel):
     sudo_password_secret: str | None = Field(
         default=None, title="sudo password secret", description="Secret block for sudo prompts."
     )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        title="Max concurrent runs",
+        description="At most this many runs touch the server at once, across all tasks "
+        "(a Prefect global concurrency limit); empty means no limit.",
+    )
 
     @field_validator("name")
     @classmethod

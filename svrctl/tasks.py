@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from svrctl.db.models import Server, Task, TaskHistory, utcnow
-from svrctl.exceptions import ConflictError, NotFoundError
+from svrctl.exceptions import BadInputError, ConflictError, NotFoundError
 from svrctl.servers import get_server, servers_with_tag
 from svrctl.specs import TaskSpec, validate
 
 __all__ = [
     "add_task",
+    "check_schedule",
     "get_task",
     "history_to_dict",
     "list_tasks",
@@ -88,7 +90,42 @@ def next_runs(
     return next_fire_times(parse_cron(schedule), after or utcnow(), count, timezone)
 
 
+def check_schedule(schedule: str, timezone: str) -> None:
+    """Refuse a schedule that no Prefect schedule can run exactly (see docs/cron.md).
+
+    Raises:
+        BadInputError: The schedule cannot become an exact Prefect schedule; the
+            message names the schedule field and says what to write instead.
+    """
+    if not schedule:
+        return
+    problem = _schedule_problem(schedule, timezone, date.today())
+    if problem is not None:
+        raise BadInputError(f"invalid schedule: {problem}", field="schedule")
+
+
+@lru_cache(maxsize=512)
+def _schedule_problem(schedule: str, timezone: str, today: date) -> str | None:
+    """Return why a schedule cannot run exactly under Prefect, or None.
+
+    Cached per day: the check examines decades of daylight saving changes (~20 ms),
+    and scripts add many tasks with the same schedule.
+    """
+    from svrctl.cron import CronError
+    from svrctl.schedules import check_representable
+
+    try:
+        check_representable(schedule, timezone)
+    except CronError as exc:
+        return exc.message
+    return None
+
+
 def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
+    if (spec.schedule, spec.timezone) != (task.schedule, task.timezone):
+        # Only a new or changed schedule is checked: an older task whose schedule
+        # cannot run exactly can still be disabled, renamed or removed.
+        check_schedule(spec.schedule, spec.timezone)
     server_id: int | None = None
     if spec.server:
         server_id = get_server(session, spec.server).id

@@ -5,10 +5,14 @@ from __future__ import annotations
 import click
 
 from svrctl.cli.app import App, SvrctlGroup
+from svrctl.cli.cron import cron
 from svrctl.cli.db import db
 from svrctl.cli.secret import secret
 from svrctl.cli.server import server
+from svrctl.cli.sync import sync
 from svrctl.cli.task import task
+from svrctl.cli.up import up
+from svrctl.cli.worker import worker
 
 __all__ = ["cli", "main"]
 
@@ -26,6 +30,10 @@ cli.add_command(db)
 cli.add_command(secret)
 cli.add_command(server)
 cli.add_command(task)
+cli.add_command(sync)
+cli.add_command(cron)
+cli.add_command(up)
+cli.add_command(worker)
 
 
 def main() -> None:

@@ -61,6 +61,13 @@ def _server_options(*, edit: bool) -> Callable[[F], F]:
             click.option(
                 "--sudo-password-secret", help="Prefect Secret block answering sudo prompts."
             ),
+            click.option(
+                "--max-concurrent",
+                "max_concurrent",
+                metavar="N",
+                help="At most N runs touch this server at once, across all tasks "
+                "(default: no limit" + ("; '' or 0 removes the limit)." if edit else ")."),
+            ),
             click.option("--json", "as_json", is_flag=True, help="Print the server as JSON."),
         ]
         for opt in reversed(opts):
@@ -75,7 +82,64 @@ def _changes(**options: Any) -> dict[str, Any]:
     out = {k: v for k, v in options.items() if v is not None and v != ()}
     if "tags" in out:
         out["tags"] = list(out["tags"])
+    if "max_concurrent" in out:
+        out["max_concurrent"] = _max_concurrent(out["max_concurrent"])
     return out
+
+
+def _max_concurrent(value: str) -> int | None:
+    """Read --max-concurrent: a number of runs; '', 0 or 'off' mean no limit."""
+    from svrctl.exceptions import BadInputError
+
+    text = value.strip().lower()
+    if text in ("", "0", "off", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise BadInputError(
+            f"invalid max_concurrent (--max-concurrent): {value!r} is not a whole number "
+            "of runs (use '' or 0 to remove the limit)",
+            field="max_concurrent",
+        ) from None
+
+
+def _sync_server(app: App, name: str, before: dict[str, Any] | None, after: Any) -> None:
+    """Sync what a server change touches in Prefect: its limit, its tasks' deployments.
+
+    Args:
+        app: The CLI state.
+        name: The server's name.
+        before: The server as it was (None for a new server).
+        after: The server as it is now (None once removed).
+    """
+    from sqlalchemy import or_, select
+
+    from svrctl.cli.sync import auto_sync
+    from svrctl.db.models import Task
+    from svrctl.sync import Scope
+
+    rows = [d for d in (before, after) if d is not None]
+    tags = {t for d in rows for t in d["tags"]}
+    ids = {d["id"] for d in rows}
+    with app.db().read() as session:
+        tasks = list(
+            session.execute(
+                select(Task.id, Task.name, Task.deployment_id).where(
+                    or_(Task.server_id.in_(ids), Task.server_tag.in_(tags))
+                )
+            )
+        )
+    limited = any(d.get("max_concurrent") for d in rows)
+    if not tasks and not limited:
+        return
+    scope = Scope(
+        task_ids=frozenset(t.id for t in tasks),
+        names=frozenset(t.name for t in tasks),
+        deployment_ids=frozenset(t.deployment_id for t in tasks if t.deployment_id),
+        servers=frozenset({name}) if limited else frozenset(),
+    )
+    auto_sync(app, scope, what=f"server {name}", schedule_waits=False)
 
 
 @server.command("add")
@@ -90,6 +154,7 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     spec = validate(ServerSpec, {"name": name, **_changes(**options)})
     with app.db().write() as session:
         data = server_to_dict(session, add_server(session, spec))
+    _sync_server(app, name, None, data)
     _print_saved("added", data, as_json)
 
 
@@ -99,11 +164,20 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
 @pass_app
 def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     """Change a server's settings; options not given stay as they are."""
-    from svrctl.servers import server_to_dict, update_server
+    from svrctl.servers import get_server, server_to_dict, update_server
 
     with app.db().write() as session:
+        before = server_to_dict(session, get_server(session, name))
         data = server_to_dict(session, update_server(session, name, _changes(**options)))
+    if _sync_matters(before, data):
+        _sync_server(app, name, before, data)
     _print_saved("updated", data, as_json)
+
+
+def _sync_matters(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Tell whether a server change can change anything in Prefect."""
+    keys = ("name", "work_pool", "tags", "enabled", "max_concurrent")
+    return any(before[k] != after[k] for k in keys)
 
 
 def _print_saved(verb: str, data: dict[str, Any], as_json: bool) -> None:
@@ -170,10 +244,12 @@ def show_cmd(app: App, name: str, as_json: bool) -> None:
 @pass_app
 def rm_cmd(app: App, name: str) -> None:
     """Remove a server that no task targets."""
-    from svrctl.servers import remove_server
+    from svrctl.servers import get_server, remove_server, server_to_dict
 
     with app.db().write() as session:
+        before = server_to_dict(session, get_server(session, name))
         remove_server(session, name)
+    _sync_server(app, name, before, None)
     click.echo(f"✓ removed server {name}")
 
 

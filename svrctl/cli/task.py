@@ -140,6 +140,7 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     with app.db().write() as session:
         row = add_task(session, spec)
         data = task_to_dict(row, spec.server)
+    _sync_task(app, data, names={spec.name}, deployment_id=None)
     _print_saved("added", data, as_json, app.settings.timezone)
 
 
@@ -153,10 +154,33 @@ def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
 
     with app.db().write() as session:
         current = get_task(session, name)
+        deployment_id = current.deployment_id
         changes = _target(options, current.kind) | _common(options)
         row = update_task(session, name, changes)
         data = task_to_dict(row, _server_of(session, row.server_id))
+    _sync_task(app, data, names={name, data["name"]}, deployment_id=deployment_id)
     _print_saved("updated", data, as_json, app.settings.timezone)
+
+
+def _sync_task(
+    app: App, data: dict[str, Any], *, names: set[str], deployment_id: str | None
+) -> None:
+    """Sync one task's deployment after a change (``data`` is the task, or None if removed).
+
+    On success the task's new deployment id is put into ``data``.
+    """
+    from svrctl.cli.sync import auto_sync
+    from svrctl.sync import Scope
+
+    scope = Scope(
+        task_ids=frozenset({data["id"]}),
+        names=frozenset(names),
+        deployment_ids=frozenset({deployment_id} if deployment_id else ()),
+    )
+    waits = bool(data.get("schedule")) and bool(data.get("enabled"))
+    report = auto_sync(app, scope, what=f"task {data['name']}", schedule_waits=waits)
+    if report is not None and data["name"] in report.deployment_ids:
+        data["deployment_id"] = report.deployment_ids[data["name"]]
 
 
 def _server_of(session: Any, server_id: int | None) -> str | None:
@@ -273,10 +297,14 @@ def _show_value(value: Any) -> str:
 @pass_app
 def rm_cmd(app: App, name: str) -> None:
     """Remove a task and its history."""
-    from svrctl.tasks import remove_task
+    from svrctl.tasks import get_task, remove_task
 
     with app.db().write() as session:
+        row = get_task(session, name)
+        data = {"id": row.id, "name": name, "schedule": "", "enabled": False}
+        deployment_id = row.deployment_id
         remove_task(session, name)
+    _sync_task(app, data, names={name}, deployment_id=deployment_id)
     click.echo(f"✓ removed task {name}")
 
 
@@ -300,7 +328,10 @@ def _set_enabled(app: App, name: str, enabled: bool) -> None:
     from svrctl.tasks import set_enabled
 
     with app.db().write() as session:
-        set_enabled(session, name, enabled)
+        row = set_enabled(session, name, enabled)
+        data = {"id": row.id, "name": name, "schedule": row.schedule, "enabled": enabled}
+        deployment_id = row.deployment_id
+    _sync_task(app, data, names={name}, deployment_id=deployment_id)
     click.echo(f"✓ {'enabled' if enabled else 'disabled'} task {name}")
 
 

@@ -166,6 +166,8 @@ class Server(Base):
     key_passphrase_secret: Mapped[str | None] = mapped_column(String(128))
     password_secret: Mapped[str | None] = mapped_column(String(128))
     sudo_password_secret: Mapped[str | None] = mapped_column(String(128))
+    # at most this many runs touch the server at once, across all tasks (None: no limit)
+    max_concurrent: Mapped[int | None]
 
     tasks: Mapped[list[Task]] = relationship(back_populates="server", lazy="raise")
 

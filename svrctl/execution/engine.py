@@ -25,6 +25,7 @@ from svrctl.commands import CommandResult, CommandRunner
 from svrctl.db.engine import Database
 from svrctl.db.models import RunStatus, Server, Task, TaskKind, TriggeredBy, utcnow
 from svrctl.exceptions import NotFoundError, SvrctlError
+from svrctl.execution.cancel import STEP_STOP_SECONDS, CancelToken
 from svrctl.execution.history import (
     Outcome,
     begin_attempt,
@@ -77,6 +78,8 @@ class RunRequest:
     on_line: LiveOutput | None = None
     secrets: SecretResolver | None = None
     sleep: Callable[[float], None] = time.sleep
+    # Set when the run can be cancelled from outside (see svrctl.execution.cancel).
+    cancel: CancelToken | None = None
 
 
 @dataclass
@@ -85,6 +88,8 @@ class _Target:
 
     name: str
     make_runner: Callable[[], CommandRunner]
+    # The server's Prefect global concurrency limit, when it has max_concurrent set.
+    limit: str | None = None
 
 
 def backoff_delay(base: float, attempt: int, rng: random.Random | None = None) -> float:
@@ -186,7 +191,7 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
         outcomes = _run_attempt(db, task, pending, ids, request)
         results.update(outcomes)
         failed = [t for t in pending if outcomes[t.name].status is not RunStatus.SUCCESS]
-        if not failed or attempt > task.retries:
+        if not failed or attempt > task.retries or _cancelled(request):
             break
         delay = backoff_delay(task.retry_delay_seconds, attempt)
         log.warning(
@@ -196,12 +201,22 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
             ", ".join(t.name for t in failed),
             delay,
         )
-        request.sleep(delay)
+        if request.cancel is not None:
+            request.cancel.wait(delay)  # a cancellation ends the wait (and the run)
+        else:
+            request.sleep(delay)
         pending = failed
 
     result = _summarise(task, targets, results, attempt, history_ids, started)
+    cancelled = [o for o in results.values() if o.status is RunStatus.CANCELLED]
+    if cancelled:
+        result.success = False
+        result.status = RunStatus.CANCELLED.value
+        result.error = cancelled[0].error
     if result.success:
         log.info("Task %s completed successfully in %dms", task.name, result.duration_ms)
+    elif cancelled:
+        log.warning("Task %s was %s, after %dms", task.name, result.error, result.duration_ms)
     else:
         log.error("Task %s failed after %dms: %s", task.name, result.duration_ms, result.error)
     return _counted(db, task, result)
@@ -247,7 +262,17 @@ def _targets(
     limit = settings.output_limit_bytes
     if task.kind == TaskKind.LOCAL.value or (task.kind == TaskKind.PLUGIN.value and server is None):
         name = local_host_name()
-        return [_Target(name, lambda: LocalRunner(output_limit=limit, name=name))]
+        cancel = request.cancel
+
+        def make_local() -> CommandRunner:
+            runner: CommandRunner = LocalRunner(output_limit=limit, name=name)
+            if cancel is not None:
+                from svrctl.execution.stopping import StoppableLocalRunner
+
+                runner = StoppableLocalRunner(runner, cancel)
+            return runner
+
+        return [_Target(name, make_local)]
     with db.read() as session:
         if task.server_tag:
             from svrctl.servers import servers_with_tag
@@ -262,7 +287,11 @@ def _targets(
         targets = []
         for row in servers:
             targets.append(
-                _Target(row.name, _ssh_runner_factory(session, row, settings, task, request))
+                _Target(
+                    row.name,
+                    _ssh_runner_factory(session, row, settings, task, request),
+                    f"svrctl-server-{row.name}" if row.max_concurrent else None,
+                )
             )
     return targets
 
@@ -288,7 +317,12 @@ def _ssh_runner_factory(
         from svrctl.ssh.runner import SshRunner
 
         default_pool.idle_seconds = settings.ssh_idle_seconds
-        return SshRunner(target, output_limit=settings.output_limit_bytes, pty=task.pty)
+        pool = default_pool
+        if request.cancel is not None:
+            from svrctl.execution.stopping import StoppablePool
+
+            pool = StoppablePool(default_pool, request.cancel)
+        return SshRunner(target, output_limit=settings.output_limit_bytes, pty=task.pty, pool=pool)
 
     return make
 
@@ -305,7 +339,12 @@ def _run_attempt(
     def one(target: _Target, row_id: int) -> Outcome:
         outcome = Outcome(RunStatus.CRASHED, error="the step ended without a result")
         try:
-            outcome = _with_deadline(lambda: _step(task, target, request), task.timeout_seconds)
+            if request.cancel is not None and request.cancel.cancelled:
+                outcome = _cancelled_outcome(request.cancel, None)
+            else:
+                outcome = _with_deadline(
+                    lambda: _step(task, target, request), task.timeout_seconds, request.cancel
+                )
         except Exception as exc:  # a bug or an unexpected library error: record it
             outcome = Outcome(RunStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}")
         finally:
@@ -319,20 +358,45 @@ def _run_attempt(
     return {t.name: o for t, o in zip(targets, outcomes, strict=True)}
 
 
-def _with_deadline(step: Callable[[], Outcome], timeout: int) -> Outcome:
-    """Run ``step`` in a thread; give up on it shortly after its own deadline."""
+def _with_deadline(
+    step: Callable[[], Outcome], timeout: int, cancel: CancelToken | None = None
+) -> Outcome:
+    """Run ``step`` in a thread; give up on it shortly after its own deadline.
+
+    When ``cancel`` is cancelled meanwhile, the step's stoppers (registered by the
+    runners' wrappers) stop what it started; the outcome is ``cancelled``, with the
+    output the step got, and a step that does not return within STEP_STOP_SECONDS
+    is abandoned.
+    """
     box: dict[str, Any] = {}
+    done = threading.Event()
+    wake = threading.Event()  # the step returned, or the run was cancelled
 
     def target() -> None:
         try:
             box["outcome"] = step()
         except BaseException as exc:
             box["error"] = exc
+        finally:
+            done.set()
+            wake.set()
 
+    forget = cancel.on_cancel(wake.set) if cancel is not None else None
+    started = time.monotonic()
     thread = threading.Thread(target=target, name="svrctl-step", daemon=True)
     thread.start()
-    thread.join(timeout + WATCHDOG_GRACE_SECONDS)
-    if thread.is_alive():
+    try:
+        wake.wait(timeout + WATCHDOG_GRACE_SECONDS)
+        if cancel is not None and cancel.cancelled:
+            done.wait(STEP_STOP_SECONDS)
+            finished: Outcome | None = box.get("outcome")
+            if finished is None or finished.status is not RunStatus.SUCCESS:
+                elapsed_ms = int((time.monotonic() - started) * 1000)
+                return _cancelled_outcome(cancel, finished, elapsed_ms)
+    finally:
+        if forget is not None:
+            forget()
+    if not done.is_set():
         return Outcome(
             RunStatus.TIMED_OUT,
             error=f"the step was still blocked {timeout + WATCHDOG_GRACE_SECONDS:g} s after "
@@ -345,8 +409,39 @@ def _with_deadline(step: Callable[[], Outcome], timeout: int) -> Outcome:
     return outcome
 
 
-def _step(task: Task, target: _Target, request: RunRequest) -> Outcome:
-    """Run the task's step on one target and turn the result into an outcome."""
+def _cancelled(request: RunRequest) -> bool:
+    return request.cancel is not None and request.cancel.cancelled
+
+
+def _cancelled_outcome(
+    cancel: CancelToken, finished: Outcome | None, duration_ms: int = 0
+) -> Outcome:
+    """Return the outcome of a step stopped by cancellation, keeping what it printed."""
+    error = f"cancelled: {cancel.reason or 'the run was cancelled'}"
+    if finished is None:
+        return Outcome(RunStatus.CANCELLED, error=error, duration_ms=duration_ms)
+    return Outcome(
+        RunStatus.CANCELLED,
+        output=finished.output,
+        output_truncated=finished.output_truncated,
+        output_bytes=finished.output_bytes,
+        error=error,
+        duration_ms=finished.duration_ms or duration_ms,
+    )
+
+
+def _step(
+    task: Task, target: _Target, request: RunRequest, timeout: float | None = None
+) -> Outcome:
+    """Run the task's step on one target and turn the result into an outcome.
+
+    On a server with a limit of concurrent runs, and with a Prefect API in use, the
+    step first takes a slot of the server's global concurrency limit (see
+    :func:`_step_in_server_slot`); ``timeout`` is then what is left of the task's.
+    """
+    if timeout is None and target.limit is not None and _prefect_api_in_use():
+        return _step_in_server_slot(task, target, request)
+    timeout = task.timeout_seconds if timeout is None else timeout
     runner = target.make_runner()
     on_line = None
     if request.on_line is not None:
@@ -356,11 +451,68 @@ def _step(task: Task, target: _Target, request: RunRequest) -> Outcome:
             live(target.name, stream, line)
 
     if task.kind == TaskKind.PLUGIN.value:
-        return _plugin_step(task, runner, request)
+        return _plugin_step(task, runner, request, timeout)
     command = build_command(task.command or "", task.args)
     request.log.info("Executing command on %s: %s", target.name, command)
-    result = runner.run(command, timeout=task.timeout_seconds, on_line=on_line)
+    result = runner.run(command, timeout=timeout, on_line=on_line)
     return _outcome(result)
+
+
+def _prefect_api_in_use() -> bool:
+    """Tell whether this run talks to a Prefect API (not a bare executor, not ephemeral)."""
+    import sys
+
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _step_in_server_slot(task: Task, target: _Target, request: RunRequest) -> Outcome:
+    """Run the step holding one slot of the server's global concurrency limit.
+
+    The limit (``svrctl-server-NAME``, created by ``svrctl sync``) is used strictly: a
+    missing limit fails the step rather than running it unguarded. Waiting for a
+    slot counts against the task's timeout, so the step's watchdog still holds.
+    Runs in the step's own thread: Prefect's sync ``concurrency`` runs its requests
+    on Prefect's loop thread and renews the 60 s lease from a daemon thread; a failed
+    renewal only warns (cancelling would inject an exception into this thread).
+    """
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    assert target.limit is not None
+    started = time.monotonic()
+    try:
+        with concurrency(
+            target.limit,
+            timeout_seconds=task.timeout_seconds,
+            strict=True,
+            lease_duration=60,
+            raise_on_lease_renewal_failure=False,
+        ):
+            if _cancelled(request):
+                assert request.cancel is not None
+                return _cancelled_outcome(request.cancel, None)
+            left = task.timeout_seconds - (time.monotonic() - started)
+            if left < 1:
+                raise TimeoutError
+            return _step(task, target, request, left)
+    except TimeoutError:
+        return Outcome(
+            RunStatus.TIMED_OUT,
+            error=f"{target.name} was busy with other runs for the task's whole timeout "
+            f"({task.timeout_seconds} s): it allows only a limited number of runs at once "
+            f"(Prefect global concurrency limit {target.limit})",
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+    except ConcurrencySlotAcquisitionError as exc:
+        return Outcome(
+            RunStatus.FAILED,
+            error=f"{target.name} allows only a limited number of runs at once, but Prefect "
+            f"has no usable global concurrency limit {target.limit} ({exc}): run `svrctl sync`",
+        )
 
 
 def _outcome(result: CommandResult) -> Outcome:
@@ -385,16 +537,14 @@ def _outcome(result: CommandResult) -> Outcome:
     )
 
 
-def _plugin_step(task: Task, runner: CommandRunner, request: RunRequest) -> Outcome:
+def _plugin_step(task: Task, runner: CommandRunner, request: RunRequest, timeout: float) -> Outcome:
     from svrctl.plugin import PluginContext, get_plugin, validate_config
 
     started = time.monotonic()
     plugin = get_plugin(task.plugin or "")
     config = validate_config(plugin, task.plugin_config)
     request.log.info("Running plugin %s on %s", plugin.name, runner.name)
-    ctx = PluginContext(
-        runner=runner, timeout=float(task.timeout_seconds), action=plugin.actions[0]
-    )
+    ctx = PluginContext(runner=runner, timeout=float(timeout), action=plugin.actions[0])
     found = plugin().run(ctx, config)
     details = f"{found.summary}\n\n{found.details}".strip()
     return Outcome(

@@ -1,0 +1,30 @@
+"""``svrctl up``: run svrctl on this machine in the foreground (the main job)."""
+
+from __future__ import annotations
+
+import click
+
+from svrctl.cli.app import App, pass_app
+
+__all__ = ["up"]
+
+
+@click.command("up")
+@click.option("--no-demo", is_flag=True, help="Do not add the demo task on first start.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Prefect server address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=4200, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Flow runs the worker runs at once.")  # fmt: skip
+@pass_app
+def up(app: App, no_demo: bool, host: str, port: int, limit: int) -> None:
+    """Start a Prefect server (unless PREFECT_API_URL is set), sync, and run the worker."""
+    import asyncio
+
+    from svrctl.up import UpOptions, run_up
+
+    options = UpOptions(demo=not no_demo, host=host, port=port, limit=limit)
+    app.settings.ensure_home()
+    try:
+        asyncio.run(run_up(app.settings, options, click.echo))
+    except KeyboardInterrupt:
+        click.echo("\n✓ svrctl up stopped")

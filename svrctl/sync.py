@@ -1,0 +1,1272 @@
+"""Reconcile Prefect with the app database: every task becomes one ``run-task`` deployment.
+
+``svrctl sync`` (and the automatic sync after ``svrctl task add/edit/rm/enable/disable``)
+compares what the app database says with what Prefect holds, and writes only the
+difference:
+
+* one deployment of the ``run-task`` flow per task, named after the task, with the
+  parameters ``{"task_id": ID}``, the task's description, the tags ``svrctl``,
+  ``server:NAME`` / ``servers:TAG`` / ``plugin:NAME``, the task's schedule translated
+  exactly (:mod:`svrctl.schedules`) and active only while the task is enabled (the
+  deployment is paused while it is disabled), the work pool of the task's server (else
+  ``svrctl``) and its ``default`` queue, and a deployment concurrency limit of 1 whose
+  collision strategy follows the task's overlap policy;
+* one global concurrency limit ``svrctl-server-NAME`` per server with a
+  ``max_concurrent`` setting, which the executor holds around each step on that server;
+* the work pools those deployments need (type ``svrctl``), when they are missing.
+
+Only deployments of ``run-task`` that carry the ``svrctl`` tag are managed: sync never
+updates or deletes any other deployment, and refuses to create a deployment whose name
+is taken by an unmanaged one. Nothing is written when nothing differs, so a re-sync keeps
+every deployment id, schedule id, paused state and scheduled run. Every redeploy trap of
+Prefect 3 is avoided on purpose: schedules carry the slug ``svrctl`` and are updated in
+place (same id), ``active`` is always sent, and only changed fields are sent.
+
+This module imports Prefect only inside the functions that talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from svrctl.db.engine import Database
+from svrctl.db.models import OverlapPolicy, Server, Task, TaskKind
+from svrctl.exceptions import BadInputError, SvrctlError
+from svrctl.prefect_api import api_state_file, healthy
+from svrctl.schedules import PrefectScheduleSpec, to_prefect_schedule
+from svrctl.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.objects import DeploymentSchedule
+    from prefect.client.schemas.responses import (
+        DeploymentResponse,
+        GlobalConcurrencyLimitResponse,
+    )
+
+__all__ = [
+    "DEFAULT_WORK_POOL",
+    "DEFAULT_WORK_QUEUE",
+    "ENTRYPOINT",
+    "FLOW_NAME",
+    "MANAGED_TAG",
+    "SCHEDULE_SLUG",
+    "SERVER_LIMIT_PREFIX",
+    "Action",
+    "ApiTarget",
+    "DeploymentSpec",
+    "Desired",
+    "LimitSpec",
+    "PrefectUnreachableError",
+    "Scope",
+    "SyncReport",
+    "desired_state",
+    "find_api",
+    "require_api",
+    "server_limit_name",
+    "sync",
+    "sync_all",
+    "sync_async",
+]
+
+MANAGED_TAG = "svrctl"
+FLOW_NAME = "run-task"
+ENTRYPOINT = "svrctl.flows.run_task:run_task"
+DEFAULT_WORK_POOL = "svrctl"
+WORK_POOL_TYPE = "svrctl"
+DEFAULT_WORK_QUEUE = "default"
+SCHEDULE_SLUG = "svrctl"
+SERVER_LIMIT_PREFIX = "svrctl-server-"
+# Rows per read request: Prefect's default and largest page (PREFECT_SERVER_API_DEFAULT_LIMIT).
+PAGE_SIZE = 200
+# Write requests in flight at once. Prefect's server (on SQLite above all) serialises
+# writes anyway; a few in flight hide the round trips without piling up lock waits.
+MAX_PARALLEL_WRITES = 4
+# Retries of a request Prefect's server answered 503 (its database was busy).
+BUSY_RETRIES = 8
+BUSY_FIRST_WAIT = 0.05
+BUSY_MAX_WAIT = 1.0
+
+Op = Literal["create", "update", "delete"]
+Kind = Literal["deployment", "concurrency-limit", "work-pool", "flow"]
+
+
+class PrefectUnreachableError(SvrctlError):
+    """No Prefect API answers, so nothing can be synced."""
+
+    exit_code = 2
+
+
+# --- where Prefect is --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """The Prefect API to sync with, or why there is none.
+
+    Attributes:
+        url: The API URL that answered its health check, or None.
+        problem: Why there is no URL (None when there is one).
+        configured: False when no API is configured at all (no PREFECT_API_URL, no
+            Prefect profile URL and no server started by ``svrctl up``).
+    """
+
+    url: str | None
+    problem: str | None
+    configured: bool
+
+
+def find_api(settings: Settings) -> ApiTarget:
+    """Find a Prefect API that answers: PREFECT_API_URL, else the one `svrctl up` runs.
+
+    Unlike :func:`svrctl.prefect_api.choose_api`, never falls back to a temporary
+    in-process API: deployments written there would vanish.
+
+    Args:
+        settings: svrctl's settings (for the file where `svrctl up` records its server).
+
+    Returns:
+        The API to use, or the reason there is none.
+    """
+    configured = os.environ.get("PREFECT_API_URL") or _profile_api_url()
+    candidates = [u for u in (configured, _remembered_api(settings)) if u]
+    candidates = list(dict.fromkeys(candidates))
+    for url in candidates:
+        if healthy(url):
+            return ApiTarget(url, None, True)
+    if not candidates:
+        return ApiTarget(
+            None,
+            "no Prefect API is configured (set PREFECT_API_URL, or start one with `svrctl up`)",
+            False,
+        )
+    where = " or ".join(candidates)
+    return ApiTarget(None, f"the Prefect API at {where} does not answer", True)
+
+
+def require_api(settings: Settings) -> str:
+    """Return the URL of a Prefect API that answers, or raise PrefectUnreachableError."""
+    target = find_api(settings)
+    if target.url is None:
+        raise PrefectUnreachableError(
+            f"cannot sync: {target.problem}. Start Prefect (`svrctl up`) or point "
+            "PREFECT_API_URL at a running Prefect server, then run `svrctl sync` again."
+        )
+    return target.url
+
+
+def _profile_api_url() -> str | None:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def _remembered_api(settings: Settings) -> str | None:
+    try:
+        data = json.loads(api_state_file(settings).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+# --- what the app database wants ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a partial sync may touch (the automatic sync after one command).
+
+    Attributes:
+        task_ids: Tasks whose deployments are reconciled.
+        names: Deployment names to look at: current and former task names. A name
+            that belongs to no task in the scope is deleted if svrctl manages it.
+        deployment_ids: Deployment ids recorded for the tasks (found even after a rename).
+        servers: Servers whose global concurrency limit is reconciled.
+    """
+
+    task_ids: frozenset[int] = frozenset()
+    names: frozenset[str] = frozenset()
+    deployment_ids: frozenset[str] = frozenset()
+    servers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """The deployment one task should have."""
+
+    task_id: int
+    name: str
+    description: str
+    tags: tuple[str, ...]
+    schedule: PrefectScheduleSpec | None
+    enabled: bool
+    work_pool: str
+    work_queue: str
+    collision_strategy: str
+    stored_id: str | None
+
+    def summary(self) -> str:
+        """Describe the deployment in one line for the plan."""
+        if self.schedule is None:
+            when = "no schedule"
+        elif self.schedule.kind == "cron":
+            when = f"cron '{self.schedule.cron}' ({self.schedule.timezone})"
+        else:
+            when = f"rrule ({self.schedule.timezone})"
+        state = "" if self.enabled else ", paused"
+        return f"{when}, pool {self.work_pool}, {self.collision_strategy.lower()}{state}"
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """The global concurrency limit one server should have."""
+
+    name: str
+    server: str
+    limit: int
+
+
+@dataclass
+class Desired:
+    """Everything the app database wants in Prefect (or in the scope of a partial sync)."""
+
+    deployments: dict[str, DeploymentSpec]
+    limits: dict[str, LimitSpec] | None
+    problems: list[str]
+    keep: set[str]
+    scope: Scope | None
+    task_names: frozenset[str]
+
+
+def server_limit_name(server: str) -> str:
+    """Return the name of a server's global concurrency limit in Prefect."""
+    return f"{SERVER_LIMIT_PREFIX}{server}"
+
+
+def desired_state(session: Session, scope: Scope | None = None) -> Desired:
+    """Read the app database and describe the deployments and limits it wants.
+
+    Args:
+        session: An open app database session.
+        scope: Limit the answer to some tasks and servers; None means everything.
+
+    Returns:
+        The wanted deployments by name, the wanted limits by name (None when limits
+        are out of scope), and problems: tasks whose schedule Prefect cannot run
+        exactly, whose current deployment (in ``keep``) is then left as it is.
+    """
+    servers = list(session.scalars(select(Server)))
+    by_id = {s.id: s for s in servers}
+    query = select(Task)
+    if scope is not None:
+        query = query.where(or_(Task.id.in_(scope.task_ids), Task.name.in_(scope.names)))
+    deployments: dict[str, DeploymentSpec] = {}
+    problems: list[str] = []
+    keep: set[str] = set()
+    translated: dict[tuple[str, str], PrefectScheduleSpec | str] = {}
+    for task in session.scalars(query.order_by(Task.name)):
+        schedule: PrefectScheduleSpec | None = None
+        if task.schedule:
+            key = (task.schedule, task.timezone)
+            if key not in translated:
+                try:
+                    translated[key] = to_prefect_schedule(task.schedule, task.timezone)
+                except BadInputError as exc:
+                    translated[key] = exc.message
+            found = translated[key]
+            if isinstance(found, str):
+                problems.append(
+                    f"task {task.name} was not synced: {found} "
+                    f"(change it with `svrctl task edit {task.name} --schedule ...`)"
+                )
+                keep.add(task.name)
+                continue
+            schedule = found
+        server = by_id.get(task.server_id) if task.server_id is not None else None
+        deployments[task.name] = DeploymentSpec(
+            task_id=task.id,
+            name=task.name,
+            description=task.description or "",
+            tags=_tags(task, server),
+            schedule=schedule,
+            enabled=task.enabled,
+            work_pool=_work_pool(task, server, servers),
+            work_queue=DEFAULT_WORK_QUEUE,
+            collision_strategy=(
+                "ENQUEUE" if task.overlap_policy == OverlapPolicy.QUEUE.value else "CANCEL_NEW"
+            ),
+            stored_id=task.deployment_id,
+        )
+    limits: dict[str, LimitSpec] | None = None
+    if scope is None or scope.servers:
+        limits = {}
+        for s in servers:
+            if s.max_concurrent and (scope is None or s.name in scope.servers):
+                name = server_limit_name(s.name)
+                limits[name] = LimitSpec(name, s.name, s.max_concurrent)
+    names = frozenset(session.scalars(select(Task.name))) if scope is not None else frozenset()
+    return Desired(deployments, limits, problems, keep, scope, names)
+
+
+def _tags(task: Task, server: Server | None) -> tuple[str, ...]:
+    """Tags: svrctl, server:NAME (one server), servers:TAG (a tag), plugin:NAME."""
+    tags = {MANAGED_TAG}
+    if server is not None:
+        tags.add(f"server:{server.name}")
+    if task.server_tag:
+        tags.add(f"servers:{task.server_tag}")
+    if task.kind == TaskKind.PLUGIN.value and task.plugin:
+        tags.add(f"plugin:{task.plugin}")
+    return tuple(sorted(tags))
+
+
+def _work_pool(task: Task, server: Server | None, servers: list[Server]) -> str:
+    """The server's pool; for a tag, the pool all its enabled servers share; else the default."""
+    if server is not None:
+        return server.work_pool or DEFAULT_WORK_POOL
+    if task.server_tag:
+        pools = {s.work_pool for s in servers if s.enabled and task.server_tag in (s.tags or [])}
+        if len(pools) == 1:
+            (pool,) = pools
+            return pool or DEFAULT_WORK_POOL
+    return DEFAULT_WORK_POOL
+
+
+# --- the plan ----------------------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    """One change to Prefect.
+
+    Attributes:
+        op: create, update or delete.
+        kind: deployment, concurrency-limit, work-pool or flow.
+        name: The object's name.
+        task: The task a deployment belongs to (None for other objects, or a
+            deployment whose task is gone).
+        id: The object's id in Prefect, when it exists.
+        changes: For an update, the fields that differ.
+        detail: A short description for the plan.
+        error: Why applying it failed (None: not applied yet, or applied).
+        done: Whether it was applied.
+    """
+
+    op: Op
+    kind: Kind
+    name: str
+    task: str | None = None
+    id: str | None = None
+    changes: list[str] = field(default_factory=list)
+    detail: str = ""
+    error: str | None = None
+    done: bool = False
+    spec: DeploymentSpec | None = field(default=None, repr=False)
+    limit: int | None = field(default=None, repr=False)
+    update: dict[str, Any] = field(default_factory=dict, repr=False)
+    drop_schedules: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the action as JSON-ready data."""
+        return {
+            "op": self.op,
+            "kind": self.kind,
+            "name": self.name,
+            "task": self.task,
+            "id": self.id,
+            "changes": self.changes,
+            "detail": self.detail,
+            "done": self.done,
+            "error": self.error,
+        }
+
+    def line(self) -> str:
+        """Return the action as one line of the plan."""
+        sign = {"create": "+", "update": "~", "delete": "-"}[self.op]
+        what = {
+            "deployment": f"deployment {FLOW_NAME}/{self.name}",
+            "concurrency-limit": f"concurrency limit {self.name}",
+            "work-pool": f"work pool {self.name}",
+            "flow": f"flow {self.name}",
+        }[self.kind]
+        extra = f": {', '.join(self.changes)}" if self.changes else ""
+        detail = f" ({self.detail})" if self.detail else ""
+        text = f"{sign} {what}{extra}{detail}"
+        if self.error:
+            text += f"  FAILED: {self.error}"
+        return text
+
+
+@dataclass
+class SyncReport:
+    """What a sync found and did.
+
+    Attributes:
+        api_url: The Prefect API.
+        dry_run: True when nothing was written.
+        actions: The changes, in the order they were planned.
+        unchanged: Deployments and limits that already matched.
+        problems: Tasks that could not be synced, and why.
+        reads: Read requests sent to Prefect.
+        writes: Write requests sent to Prefect (0 for a dry run or a no-op).
+        seconds: Wall time of the whole sync.
+        deployment_ids: The deployment id of each task's deployment, by name.
+    """
+
+    api_url: str
+    dry_run: bool
+    actions: list[Action]
+    unchanged: int
+    problems: list[str]
+    reads: int = 0
+    writes: int = 0
+    seconds: float = 0.0
+    deployment_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Action]:
+        """Return the actions that could not be applied."""
+        return [a for a in self.actions if a.error]
+
+    @property
+    def ok(self) -> bool:
+        """True when every task was synced and every action applied."""
+        return not self.problems and not self.failed
+
+    def summary(self) -> str:
+        """Return the outcome in a few words, such as '2 created, 1 updated, 0 deleted'."""
+        done = {"create": 0, "update": 0, "delete": 0}
+        for a in self.actions:
+            if a.done or self.dry_run:
+                done[a.op] += 1
+        verbs = (
+            ("to create", "to update", "to delete")
+            if self.dry_run
+            else (
+                "created",
+                "updated",
+                "deleted",
+            )
+        )
+        text = ", ".join(f"{n} {v}" for n, v in zip(done.values(), verbs, strict=True))
+        text += f", {self.unchanged} unchanged"
+        problems = len(self.failed) + len(self.problems)
+        return text + (f", {problems} not synced (run `svrctl sync`)" if problems else "")
+
+    def counts(self) -> dict[str, int]:
+        """Count the actions by operation."""
+        out = {"create": 0, "update": 0, "delete": 0}
+        for a in self.actions:
+            out[a.op] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as JSON-ready data."""
+        return {
+            "api_url": self.api_url,
+            "dry_run": self.dry_run,
+            "counts": self.counts() | {"unchanged": self.unchanged},
+            "actions": [a.to_dict() for a in self.actions],
+            "problems": self.problems,
+            "reads": self.reads,
+            "writes": self.writes,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+        }
+
+
+# --- talking to Prefect ------------------------------------------------------------------
+
+
+@dataclass
+class _Current:
+    """What Prefect holds."""
+
+    deployments: dict[str, DeploymentResponse]
+    limits: dict[str, GlobalConcurrencyLimitResponse] | None
+    duplicates: list[DeploymentResponse] = field(default_factory=list)
+
+
+@dataclass
+class _Counter:
+    """Counts the HTTP requests a client sends, split into reads and writes."""
+
+    reads: int = 0
+    writes: int = 0
+    log: list[str] = field(default_factory=list)
+
+    async def hook(self, request: httpx.Request) -> None:
+        """Count one request (an httpx request hook)."""
+        path = request.url.path
+        read = request.method == "GET" or path.endswith(("/filter", "/count"))
+        if read:
+            self.reads += 1
+        else:
+            self.writes += 1
+            self.log.append(f"{request.method} {path}")
+
+
+def _client(url: str, counter: _Counter) -> PrefectClient:
+    """A Prefect client that counts its requests and retries 'database busy' answers quickly."""
+    import httpx
+    from prefect.client.orchestration import PrefectClient
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    client = PrefectClient(
+        url,
+        api_key=api.key.get_secret_value() if api.key else None,
+        auth_string=api.auth_string.get_secret_value() if api.auth_string else None,
+        httpx_settings={"event_hooks": {"request": [counter.hook]}},
+    )
+    # Prefect's client waits 2, 4, 8 ... s before it retries a 503, which its server
+    # answers when SQLite is busy (often, while its scheduler inserts runs). Such a
+    # request was rolled back and succeeds milliseconds later: retry it below the
+    # client, with Prefect's own transport (TLS, HTTP/2, limits) kept as it is.
+    http = getattr(client, "_client", None)
+    inner = getattr(http, "_transport", None)
+    if isinstance(inner, httpx.AsyncBaseTransport):
+        http._transport = _BusyRetry(inner)  # type: ignore[union-attr]
+    return client
+
+
+class _BusyRetry:
+    """An httpx transport that retries 503 answers a few times, with short waits."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send the request; resend it while the server answers 503, up to BUSY_RETRIES."""
+        import random
+
+        delay = BUSY_FIRST_WAIT
+        for _ in range(BUSY_RETRIES):
+            response = await self._inner.handle_async_request(request)
+            if response.status_code != 503:
+                return response
+            await response.aclose()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
+            delay = min(delay * 2, BUSY_MAX_WAIT)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _BusyRetry:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._inner.__aexit__(*exc_info)
+
+
+def sync(
+    db: Database,
+    api_url: str,
+    *,
+    dry_run: bool = False,
+    scope: Scope | None = None,
+    max_parallel: int = MAX_PARALLEL_WRITES,
+) -> SyncReport:
+    """Make Prefect match the app database, writing only what differs.
+
+    Args:
+        db: The app database.
+        api_url: A Prefect API that answers (see :func:`require_api`).
+        dry_run: Plan only: read Prefect, write nothing anywhere.
+        scope: Reconcile only these tasks and servers (None: everything, and
+            delete every managed deployment and limit that no task or server wants).
+        max_parallel: Write requests in flight at once.
+
+    Returns:
+        The plan, what was applied, and what failed.
+    """
+    return asyncio.run(
+        sync_async(db, api_url, dry_run=dry_run, scope=scope, max_parallel=max_parallel)
+    )
+
+
+async def sync_async(
+    db: Database,
+    api_url: str,
+    *,
+    dry_run: bool = False,
+    scope: Scope | None = None,
+    max_parallel: int = MAX_PARALLEL_WRITES,
+) -> SyncReport:
+    """Do what :func:`sync` does, from async code; the app database is used in a thread."""
+    started = time.monotonic()
+
+    def read() -> Desired:
+        with db.read() as session:
+            return desired_state(session, scope)
+
+    desired, report = await _sync(read, scope, api_url, dry_run=dry_run, max_parallel=max_parallel)
+    if not dry_run:
+        await asyncio.to_thread(_remember_ids, db, desired, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def sync_all(db: Database, api_url: str | None = None) -> SyncReport:
+    """Sync everything against ``api_url``, else the API Prefect's settings point at.
+
+    For ``svrctl up``, which has just started (or found) the Prefect server.
+
+    Raises:
+        PrefectUnreachableError: No API URL is given or configured.
+    """
+    if api_url is None:
+        from prefect.settings import get_current_settings
+
+        configured = get_current_settings().api.url
+        if not configured:
+            raise PrefectUnreachableError("cannot sync: PREFECT_API_URL is not set")
+        api_url = str(configured)
+    return await sync_async(db, api_url)
+
+
+async def _sync(
+    read: Callable[[], Desired],
+    scope: Scope | None,
+    url: str,
+    *,
+    dry_run: bool,
+    max_parallel: int,
+) -> tuple[Desired, SyncReport]:
+    counter = _Counter()
+    async with _client(url, counter) as client:
+        if scope is None:
+            # Read the app database (and translate the schedules) while Prefect answers.
+            reading = asyncio.ensure_future(asyncio.to_thread(read))
+            try:
+                current = await _read_current(client, None, set())
+            finally:
+                desired = await reading
+        else:
+            desired = await asyncio.to_thread(read)
+            current = await _read_current(client, scope, set(desired.deployments))
+        actions, unchanged = _plan(desired, current)
+        creates = [a.name for a in actions if a.kind == "deployment" and a.op == "create"]
+        problems = list(desired.problems)
+        if creates:
+            taken = await _unmanaged_names(client, creates)
+            for name in sorted(taken):
+                problems.append(
+                    f"task {name} was not synced: a deployment {FLOW_NAME}/{name} exists that "
+                    f"svrctl does not manage (it has no '{MANAGED_TAG}' tag); rename the task, "
+                    "or delete that deployment in Prefect"
+                )
+            actions = [a for a in actions if not (a.op == "create" and a.name in taken)]
+        flow_id = _flow_id(current)
+        needs_flow = any(a.kind == "deployment" and a.op == "create" for a in actions)
+        if needs_flow and flow_id is None:
+            flow_id = await _read_flow_id(client)
+            if flow_id is None:
+                actions.insert(0, Action("create", "flow", FLOW_NAME))
+        pools = await _missing_pools(client, actions)
+        actions[:0] = [
+            Action("create", "work-pool", p, detail=f"type {WORK_POOL_TYPE}") for p in pools
+        ]
+        report = SyncReport(url, dry_run, actions, unchanged, problems)
+        report.deployment_ids = {
+            name: str(d.id)
+            for name, d in current.deployments.items()
+            if name in desired.deployments
+        }
+        if not dry_run and actions:
+            await _apply(client, actions, flow_id, max_parallel)
+            report.deployment_ids |= {
+                a.name: a.id
+                for a in actions
+                if a.kind == "deployment" and a.op == "create" and a.done and a.id
+            }
+    report.reads, report.writes = counter.reads, counter.writes
+    return desired, report
+
+
+async def _read_current(client: PrefectClient, scope: Scope | None, wanted: set[str]) -> _Current:
+    limits: dict[str, GlobalConcurrencyLimitResponse] | None = None
+    if scope is None:
+        found = await _read_deployments(client, None, wanted)
+        # Every managed deployment owns a limit named 'deployment:ID', which sorts before
+        # every 'svrctl-server-*' name: reading from that offset skips them all.
+        owned = sum(
+            1
+            for d in found
+            if d.global_concurrency_limit is not None
+            and d.global_concurrency_limit.name.startswith("deployment:")
+        )
+        limits = await _read_server_limits(client, owned)
+    elif scope.servers:
+        names = [server_limit_name(s) for s in sorted(scope.servers)]
+        found, limits = await asyncio.gather(
+            _read_deployments(client, scope, wanted), _read_limits(client, names)
+        )
+    else:
+        found = await _read_deployments(client, scope, wanted)
+    by_name: dict[str, DeploymentResponse] = {}
+    duplicates: list[DeploymentResponse] = []
+    for d in found:
+        if d.name in by_name:
+            duplicates.append(d)  # cannot happen in Prefect (unique per flow), but be safe
+        else:
+            by_name[d.name] = d
+    return _Current(by_name, limits, duplicates)
+
+
+async def _read_deployments(
+    client: PrefectClient, scope: Scope | None, wanted: set[str]
+) -> list[DeploymentResponse]:
+    """Read the managed deployments (all of them, or those a scope names)."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        DeploymentFilterName,
+        DeploymentFilterTags,
+        FlowFilter,
+        FlowFilterName,
+        Operator,
+    )
+    from prefect.client.schemas.sorting import DeploymentSort
+
+    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+    if scope is None:
+        dfilter = DeploymentFilter(tags=DeploymentFilterTags(all_=[MANAGED_TAG]))
+    else:
+        ids = sorted(scope.deployment_ids)
+        dfilter = DeploymentFilter(  # type: ignore[call-arg]
+            operator=Operator.or_,
+            name=DeploymentFilterName(any_=sorted(scope.names | wanted)),
+            id=DeploymentFilterId(any_=ids) if ids else None,  # type: ignore[arg-type]
+        )
+
+    async def page(offset: int) -> list[DeploymentResponse]:
+        return await client.read_deployments(
+            flow_filter=flows,
+            deployment_filter=dfilter,
+            sort=DeploymentSort.NAME_ASC,
+            limit=PAGE_SIZE,
+            offset=offset,
+        )
+
+    # Count first, then read every page at once: Prefect's server prepares one page
+    # while this process parses the previous one.
+    response = await client.request(
+        "POST",
+        "/deployments/count",
+        json={
+            "flows": flows.model_dump(mode="json"),
+            "deployments": dfilter.model_dump(mode="json"),
+        },
+    )
+    total = int(response.json())
+    pages = await asyncio.gather(*(page(o) for o in range(0, total, PAGE_SIZE)))
+    out = [d for p in pages for d in p]
+    while pages and len(pages[-1]) == PAGE_SIZE:  # more were added since the count
+        pages = [await page(len(out))]
+        out += pages[0]
+    return [d for d in out if MANAGED_TAG in d.tags]
+
+
+async def _read_server_limits(
+    client: PrefectClient, skip: int
+) -> dict[str, GlobalConcurrencyLimitResponse]:
+    """Read every 'svrctl-server-*' global concurrency limit.
+
+    Prefect lists limits by name; the first ``skip`` names are known to sort before
+    'svrctl-server-' (see the caller), so the listing starts there. Only svrctl's
+    limits are parsed.
+    """
+    from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+
+    out: dict[str, GlobalConcurrencyLimitResponse] = {}
+    offset = max(0, skip - 1)
+    while True:
+        response = await client.request(
+            "POST", "/v2/concurrency_limits/filter", json={"limit": PAGE_SIZE, "offset": offset}
+        )
+        rows: list[dict[str, Any]] = response.json()
+        offset += len(rows)
+        for row in rows:
+            if str(row.get("name", "")).startswith(SERVER_LIMIT_PREFIX):
+                limit = GlobalConcurrencyLimitResponse.model_validate(row)
+                out[limit.name] = limit
+        if len(rows) < PAGE_SIZE:
+            return out
+
+
+async def _read_limits(
+    client: PrefectClient, names: list[str]
+) -> dict[str, GlobalConcurrencyLimitResponse]:
+    from prefect.exceptions import ObjectNotFound
+
+    async def one(name: str) -> GlobalConcurrencyLimitResponse | None:
+        try:
+            return await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None
+
+    found = await asyncio.gather(*(one(n) for n in names))
+    return {g.name: g for g in found if g is not None}
+
+
+async def _unmanaged_names(client: PrefectClient, names: list[str]) -> set[str]:
+    """Return the names among ``names`` that unmanaged run-task deployments already use."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    taken: set[str] = set()
+    for start in range(0, len(names), PAGE_SIZE):
+        chunk = names[start : start + PAGE_SIZE]
+        found = await client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=chunk)),
+            limit=PAGE_SIZE,
+        )
+        taken |= {d.name for d in found if MANAGED_TAG not in d.tags}
+    return taken
+
+
+def _flow_id(current: _Current) -> str | None:
+    for d in current.deployments.values():
+        return str(d.flow_id)
+    return None
+
+
+async def _read_flow_id(client: PrefectClient) -> str | None:
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow = await client.read_flow_by_name(FLOW_NAME)
+    except ObjectNotFound:
+        return None
+    except httpx.HTTPStatusError as exc:  # read_flow_by_name raises this on a 404
+        if exc.response.status_code == 404:
+            return None
+        raise
+    return str(flow.id)
+
+
+async def _missing_pools(client: PrefectClient, actions: list[Action]) -> list[str]:
+    """Return the work pools that created or moved deployments need and Prefect lacks."""
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    needed = sorted(
+        {
+            a.spec.work_pool
+            for a in actions
+            if a.spec is not None and (a.op == "create" or "work_pool" in a.changes)
+        }
+    )
+    if not needed:
+        return []
+    pools = await client.read_work_pools(
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=needed))
+    )
+    existing = {p.name for p in pools}
+    return [p for p in needed if p not in existing]
+
+
+# --- comparing ---------------------------------------------------------------------------
+
+
+def _plan(desired: Desired, current: _Current) -> tuple[list[Action], int]:
+    """Compare and return the actions (deletes, then creates and updates) and the unchanged."""
+    actions: list[Action] = []
+    unchanged = 0
+    for name, d in sorted(current.deployments.items()):
+        if name in desired.deployments or name in desired.keep:
+            continue
+        if desired.scope is not None and name in desired.task_names:
+            continue  # another task's deployment, outside this partial sync
+        actions.append(Action("delete", "deployment", name, id=str(d.id), detail="no such task"))
+    for d in current.duplicates:
+        actions.append(Action("delete", "deployment", d.name, id=str(d.id), detail="duplicate"))
+    for name, spec in desired.deployments.items():
+        existing = current.deployments.get(name)
+        if existing is None:
+            actions.append(
+                Action("create", "deployment", name, task=name, detail=spec.summary(), spec=spec)
+            )
+            continue
+        update, drop, changes = _deployment_changes(spec, existing)
+        if not changes:
+            unchanged += 1
+            continue
+        actions.append(
+            Action(
+                "update",
+                "deployment",
+                name,
+                task=name,
+                id=str(existing.id),
+                changes=changes,
+                spec=spec,
+                update=update,
+                drop_schedules=drop,
+            )
+        )
+    if desired.limits is not None and current.limits is not None:
+        for name, g in sorted(current.limits.items()):
+            if name not in desired.limits:
+                actions.append(
+                    Action("delete", "concurrency-limit", name, id=str(g.id), detail="no limit set")
+                )
+        for name, want in sorted(desired.limits.items()):
+            have = current.limits.get(name)
+            if have is None:
+                actions.append(
+                    Action(
+                        "create",
+                        "concurrency-limit",
+                        name,
+                        detail=f"{want.limit} at once on {want.server}",
+                        limit=want.limit,
+                    )
+                )
+            elif have.limit != want.limit or not have.active:
+                changes = (
+                    [f"limit {have.limit} -> {want.limit}"] if have.limit != want.limit else []
+                )
+                changes += [] if have.active else ["active"]
+                actions.append(
+                    Action(
+                        "update",
+                        "concurrency-limit",
+                        name,
+                        id=str(have.id),
+                        changes=changes,
+                        limit=want.limit,
+                    )
+                )
+            else:
+                unchanged += 1
+    return actions, unchanged
+
+
+def _parameter_schema() -> dict[str, Any]:
+    """The run-task flow's parameter schema, as `prefect deploy` would store it."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        from prefect.utilities.callables import parameter_schema
+
+        from svrctl.flows.run_task import run_task
+
+        _SCHEMA = parameter_schema(run_task).model_dump_for_openapi()
+    return _SCHEMA
+
+
+_SCHEMA: dict[str, Any] | None = None
+
+
+def _wanted_fields(spec: DeploymentSpec) -> dict[str, Any]:
+    """The deployment fields svrctl owns, in the form Prefect returns them."""
+    return {
+        "description": spec.description,
+        "tags": list(spec.tags),
+        "parameters": {"task_id": spec.task_id},
+        "paused": not spec.enabled,
+        "work_pool": (spec.work_pool, spec.work_queue),
+        "concurrency": (1, spec.collision_strategy),
+        "entrypoint": ENTRYPOINT,
+        "path": None,
+        "pull_steps": None,
+        "job_variables": {},
+        "enforce_parameter_schema": True,
+        "parameter_openapi_schema": _parameter_schema(),
+    }
+
+
+def _current_fields(d: DeploymentResponse) -> dict[str, Any]:
+    gcl = d.global_concurrency_limit
+    options = d.concurrency_options
+    return {
+        "description": d.description or "",
+        "tags": sorted(d.tags),
+        "parameters": d.parameters,
+        "paused": d.paused,
+        "work_pool": (d.work_pool_name, d.work_queue_name),
+        "concurrency": (
+            gcl.limit if gcl is not None else None,
+            str(options.collision_strategy.value) if options is not None else None,
+        ),
+        "entrypoint": d.entrypoint,
+        "path": d.path or None,
+        "pull_steps": d.pull_steps or None,
+        "job_variables": d.job_variables or {},
+        "enforce_parameter_schema": d.enforce_parameter_schema,
+        "parameter_openapi_schema": d.parameter_openapi_schema,
+    }
+
+
+def _update_payload(key: str, spec: DeploymentSpec, wanted: dict[str, Any]) -> dict[str, Any]:
+    """Return the DeploymentUpdate fields that set one compared field."""
+    from prefect.client.schemas.objects import ConcurrencyOptions
+
+    if key == "work_pool":
+        return {"work_pool_name": spec.work_pool, "work_queue_name": spec.work_queue}
+    if key == "concurrency":
+        return {
+            "concurrency_limit": 1,
+            "concurrency_options": ConcurrencyOptions(
+                collision_strategy=spec.collision_strategy  # type: ignore[arg-type]
+            ),
+        }
+    return {key: wanted[key]}
+
+
+def _wanted_schedule(spec: DeploymentSpec) -> Any:
+    """Return the DeploymentScheduleCreate for a task's schedule, as Prefect normalises it."""
+    assert spec.schedule is not None
+    return _schedule_create(spec.schedule, spec.enabled)[0]
+
+
+@lru_cache(maxsize=4096)
+def _schedule_create(schedule: PrefectScheduleSpec, active: bool) -> tuple[Any, str]:
+    """Build (and remember: many tasks share a schedule) a DeploymentScheduleCreate.
+
+    Returns:
+        The schedule to send, and its comparison key (its schedule as JSON text).
+    """
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+
+    create = DeploymentScheduleCreate(
+        schedule=schedule.to_prefect(), active=active, slug=SCHEDULE_SLUG
+    )
+    return create, json.dumps(_schedule_key(create.schedule), sort_keys=True)
+
+
+def _schedule_key(schedule: Any) -> dict[str, Any]:
+    dumped: dict[str, Any] = schedule.model_dump(mode="json")
+    return dumped
+
+
+def _deployment_changes(
+    spec: DeploymentSpec, d: DeploymentResponse
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Return (DeploymentUpdate fields, schedule ids to delete, changed field names)."""
+    wanted, have = _wanted_fields(spec), _current_fields(d)
+    update: dict[str, Any] = {}
+    changes: list[str] = []
+    for key, value in wanted.items():
+        if have[key] != value:
+            changes.append(key)
+            update |= _update_payload(key, spec, wanted)
+    ours: DeploymentSchedule | None = None
+    drop: list[str] = []
+    for s in d.schedules:
+        if s.slug == SCHEDULE_SLUG and ours is None:
+            ours = s
+        else:
+            drop.append(str(s.id))  # added by hand in Prefect: svrctl owns the schedule
+    if spec.schedule is None:
+        if ours is not None:
+            drop.append(str(ours.id))
+    else:
+        assert spec.schedule is not None
+        want, want_key = _schedule_create(spec.schedule, spec.enabled)
+        same = ours is not None and (
+            json.dumps(_schedule_key(ours.schedule), sort_keys=True) == want_key
+        )
+        if ours is None or not same or ours.active != want.active or ours.parameters:
+            from prefect.client.schemas.actions import DeploymentScheduleUpdate
+
+            update["schedules"] = [
+                DeploymentScheduleUpdate(
+                    schedule=want.schedule, active=want.active, parameters={}, slug=SCHEDULE_SLUG
+                )
+            ]
+            if ours is None:
+                changes.append("schedule")
+            elif ours.active != want.active and same:
+                changes.append("schedule active" if want.active else "schedule inactive")
+            else:
+                changes.append("schedule")
+    if drop:
+        changes.append(f"drop {len(drop)} schedule(s)")
+    return update, drop, changes
+
+
+# --- applying ----------------------------------------------------------------------------
+
+
+async def _apply(
+    client: PrefectClient, actions: list[Action], flow_id: str | None, max_parallel: int
+) -> None:
+    """Apply the actions: flow and pools first, then the rest with a bounded concurrency."""
+    from uuid import UUID
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    for a in actions:
+        if a.kind == "flow":
+            await _guard(a, lambda: client.create_flow_from_name(FLOW_NAME))
+            flow_id = a.id
+        elif a.kind == "work-pool":
+            pool = WorkPoolCreate(name=a.name, type=WORK_POOL_TYPE)
+            await _guard(a, lambda: _create_pool(client, pool))  # noqa: B023 (awaited here)
+    gate = asyncio.Semaphore(max_parallel)
+
+    async def run(a: Action) -> None:
+        async with gate:
+            if a.kind == "deployment":
+                if a.op == "create":
+                    if flow_id is None:
+                        a.error = f"the flow {FLOW_NAME} could not be created"
+                        return
+                    fid = UUID(flow_id)
+                    await _guard(a, lambda: _create_deployment(client, a, fid))
+                elif a.op == "update":
+                    await _guard(a, lambda: _update_deployment(client, a))
+                else:
+                    await _guard(a, lambda: _delete_deployment(client, a))
+            else:
+                await _guard(a, lambda: _apply_limit(client, a))
+
+    await asyncio.gather(
+        *(run(a) for a in actions if a.kind in ("deployment", "concurrency-limit"))
+    )
+
+
+async def _guard(action: Action, call: Callable[[], Awaitable[Any]]) -> None:
+    """Run one action's requests; record success or a short error."""
+    try:
+        result = await call()
+    except Exception as exc:
+        action.error = _error_text(exc)
+        return
+    action.done = True
+    if action.op == "create" and action.kind in ("deployment", "flow") and result is not None:
+        action.id = str(result)
+
+
+def _error_text(exc: BaseException) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        try:
+            detail = exc.response.json().get("detail")
+        except ValueError:
+            detail = None
+        return f"HTTP {exc.response.status_code}: {detail or exc.response.text[:300]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _create_deployment(client: PrefectClient, a: Action, flow_id: Any) -> Any:
+    from prefect.client.schemas.objects import ConcurrencyOptions
+
+    spec = a.spec
+    assert spec is not None
+    return await client.create_deployment(
+        flow_id=flow_id,
+        name=spec.name,
+        parameters={"task_id": spec.task_id},
+        description=spec.description,
+        tags=list(spec.tags),
+        work_pool_name=spec.work_pool,
+        work_queue_name=spec.work_queue,
+        entrypoint=ENTRYPOINT,
+        schedules=[_wanted_schedule(spec)] if spec.schedule is not None else [],
+        paused=not spec.enabled,
+        concurrency_limit=1,
+        concurrency_options=ConcurrencyOptions(
+            collision_strategy=spec.collision_strategy  # type: ignore[arg-type]
+        ),
+        enforce_parameter_schema=True,
+        parameter_openapi_schema=_parameter_schema(),
+        job_variables={},
+    )
+
+
+async def _update_deployment(client: PrefectClient, a: Action) -> None:
+    from uuid import UUID
+
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    assert a.id is not None
+    deployment_id = UUID(a.id)
+    for schedule_id in a.drop_schedules:
+        await client.delete_deployment_schedule(deployment_id, UUID(schedule_id))
+    if a.update:
+        await client.update_deployment(deployment_id, DeploymentUpdate(**a.update))
+
+
+async def _delete_deployment(client: PrefectClient, a: Action) -> None:
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+
+    assert a.id is not None
+    with contextlib.suppress(ObjectNotFound):  # already gone: that is what was wanted
+        await client.delete_deployment(UUID(a.id))
+
+
+async def _create_pool(client: PrefectClient, pool: Any) -> None:
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with contextlib.suppress(ObjectAlreadyExists):  # another svrctl created it meanwhile
+        await client.create_work_pool(pool)
+
+
+async def _apply_limit(client: PrefectClient, a: Action) -> None:
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    if a.op == "create":
+        assert a.limit is not None
+        try:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=a.name, limit=a.limit, active=True)
+            )
+        except ObjectAlreadyExists:  # another svrctl created it meanwhile
+            await client.update_global_concurrency_limit(
+                a.name, GlobalConcurrencyLimitUpdate(limit=a.limit, active=True)
+            )
+    elif a.op == "update":
+        await client.update_global_concurrency_limit(
+            a.name, GlobalConcurrencyLimitUpdate(limit=a.limit, active=True)
+        )
+    else:
+        with contextlib.suppress(ObjectNotFound):
+            await client.delete_global_concurrency_limit_by_name(a.name)
+
+
+def _remember_ids(db: Database, desired: Desired, report: SyncReport) -> None:
+    """Store each task's deployment id in tasks.deployment_id, writing only what changed."""
+    changed = {
+        spec.task_id: report.deployment_ids[name]
+        for name, spec in desired.deployments.items()
+        if name in report.deployment_ids and report.deployment_ids[name] != spec.stored_id
+    }
+    if not changed:
+        return
+    with db.write() as session:
+        for task_id, deployment_id in changed.items():
+            task = session.get(Task, task_id)
+            if task is not None:
+                task.deployment_id = deployment_id

@@ -1,0 +1,207 @@
+"""`svrctl up`: everything svrctl needs on one machine, in the foreground, until Ctrl-C.
+
+In order: a Prefect server on SQLite under ``SVRCTL_HOME`` (unless
+``PREFECT_API_URL`` names one), the app database migrated, the work pool, the
+automation that crashes zombie runs, the demo task on first start, a sync of
+every task to its deployment, reconciliation of rows left running, and then the
+svrctl worker. Ctrl-C stops what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from svrctl.settings import Settings
+
+__all__ = ["DEFAULT_POOL", "DEMO_TASK", "UpOptions", "run_up", "seed_demo"]
+
+DEFAULT_POOL = "svrctl"
+DEMO_TASK = "demo-health"
+DEMO_COMMAND = "uptime; free -m; df -hP /"
+DEMO_SCHEDULE = "0 * * * * *"  # every minute, at second 0
+DEFAULT_PORT = 4200
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class UpOptions:
+    """What `svrctl up` was asked to do."""
+
+    demo: bool = True
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    limit: int = 10
+
+
+def seed_demo(settings: Settings, echo: Echo) -> bool:
+    """On first start (no tasks, no servers, not seeded before) add the demo task."""
+    from sqlalchemy import func, select
+
+    from svrctl.db.models import Server, Task, TaskKind
+    from svrctl.runtime import app_database
+    from svrctl.specs import TaskSpec
+    from svrctl.tasks import add_task
+
+    marker = settings.home / ".demo-seeded"
+    if marker.exists():
+        return False
+    db = app_database(settings)
+    with db.write() as session:
+        has_any = session.scalar(select(func.count()).select_from(Task)) or session.scalar(
+            select(func.count()).select_from(Server)
+        )
+        if not has_any:
+            add_task(
+                session,
+                TaskSpec(
+                    name=DEMO_TASK,
+                    description="Demo: this machine's load, memory and disk, every minute.",
+                    kind=TaskKind.LOCAL,
+                    command=DEMO_COMMAND,
+                    schedule=DEMO_SCHEDULE,
+                    timezone=settings.timezone,
+                ),
+            )
+    marker.write_text("seeded\n")
+    if not has_any:
+        echo(f"✓ added the demo task {DEMO_TASK}: `{DEMO_COMMAND}` every minute on this machine")
+    return not has_any
+
+
+def _start_server(settings: Settings, options: UpOptions, echo: Echo) -> object:
+    from svrctl.prefect_api import remember_api
+    from svrctl.prefect_server import port_is_free, start_prefect_server
+
+    if not port_is_free(options.port, options.host):
+        from svrctl.exceptions import BadInputError
+
+        raise BadInputError(
+            f"port {options.port} on {options.host} is in use: stop what uses it, or pick "
+            "another with `svrctl up --port N`, or point PREFECT_API_URL at a running server",
+            field="port",
+        )
+    home = settings.home / "prefect"
+    first = not (home / "prefect.db").exists()
+    echo(
+        f"… starting a Prefect server on {options.host}:{options.port} "
+        f"({'first start: creating its database, about 30 s' if first else 'about 10 s'})"
+    )
+    shown = [0]
+
+    def progress(waited: float) -> None:
+        if waited - shown[0] >= 10:
+            shown[0] = int(waited)
+            echo(f"  … still starting ({int(waited)} s)")
+
+    server = start_prefect_server(home, host=options.host, port=options.port, progress=progress)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    remember_api(settings, server.api_url)
+    echo(f"✓ Prefect server ready: {server.ui_url} (log: {server.log})")
+    return server
+
+
+async def run_up(settings: Settings, options: UpOptions, echo: Echo) -> None:
+    """Start everything and run the worker until cancelled; stop what was started."""
+    from svrctl.db.migrate import upgrade
+
+    server = None
+    api = os.environ.get("PREFECT_API_URL")
+    try:
+        if not api:
+            server = await asyncio.to_thread(_start_server, settings, options, echo)
+        else:
+            from svrctl.prefect_api import healthy
+
+            if not await asyncio.to_thread(healthy, api):
+                from svrctl.exceptions import BadInputError
+
+                raise BadInputError(
+                    f"PREFECT_API_URL is {api}, but no Prefect API answers there: start that "
+                    "server, or unset PREFECT_API_URL to let `svrctl up` run one",
+                    field="PREFECT_API_URL",
+                )
+            echo(f"✓ using the Prefect server at {api}")
+        # Heartbeats let the zombie automation crash runs whose process died.
+        os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+        from svrctl.prefect_api import reload_prefect_settings
+
+        reload_prefect_settings()
+
+        before, after = await asyncio.to_thread(
+            upgrade, settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        )
+        echo(f"✓ app database at schema {after}" + ("" if before == after else " (migrated)"))
+        if options.demo:
+            await asyncio.to_thread(seed_demo, settings, echo)
+        await _prepare_prefect(settings, echo)
+        await _serve(settings, options, echo)
+    finally:
+        if server is not None:
+            echo("… stopping the Prefect server")
+            await asyncio.to_thread(server.stop)  # type: ignore[attr-defined]
+            echo("✓ stopped")
+
+
+async def _prepare_prefect(settings: Settings, echo: Echo) -> None:
+    """Work pool, zombie automation, sync and reconciliation."""
+    from svrctl.automations import ensure_zombie_automation
+    from svrctl.execution.reconcile import reconcile_running
+    from svrctl.flows.maintenance import flow_run_state
+    from svrctl.runtime import app_database
+    from svrctl.sync import sync_all
+    from svrctl.worker import ensure_work_pool
+
+    await ensure_work_pool(DEFAULT_POOL)
+    echo(f"✓ work pool {DEFAULT_POOL}")
+    if await ensure_zombie_automation():
+        echo("✓ added the automation that marks runs without heartbeats Crashed")
+    plan = await sync_all(app_database(settings))
+    echo(f"✓ synced tasks to deployments: {plan.summary()}")
+    fixed = await reconcile_running(app_database(settings), flow_run_state)
+    if fixed:
+        echo(f"✓ marked {len(fixed)} history row(s) left running by a dead process as crashed")
+
+
+async def _serve(settings: Settings, options: UpOptions, echo: Echo) -> None:
+    """Print where to look, then run the worker in the foreground."""
+    from svrctl.worker import run_worker
+
+    _print_next_runs(settings, echo)
+    api = os.environ.get("PREFECT_API_URL", "")
+    ui = api.removesuffix("/api") if api.endswith("/api") else api
+    echo(f"\nsvrctl is up. Prefect UI: {ui}   (Ctrl-C stops everything svrctl up started)")
+    await run_worker(DEFAULT_POOL, limit=options.limit)
+
+
+def _print_next_runs(settings: Settings, echo: Echo, count: int = 5) -> None:
+    from sqlalchemy import select
+
+    from svrctl.cli.render import format_time
+    from svrctl.db.models import Task
+    from svrctl.runtime import app_database
+
+    with app_database(settings).read() as session:
+        rows = list(
+            session.scalars(
+                select(Task)
+                .where(Task.enabled.is_(True), Task.next_run_at.is_not(None))
+                .order_by(Task.next_run_at)
+                .limit(count)
+            )
+        )
+    if not rows:
+        echo("no scheduled runs (add a task with --schedule)")
+        return
+    echo("next scheduled runs:")
+    for task in rows:
+        echo(f"  {format_time(task.next_run_at, task.timezone)}  {task.name}")
+
+
+def prefect_home(settings: Settings) -> Path:
+    """Return where `svrctl up` keeps its Prefect server's files."""
+    return settings.home / "prefect"
