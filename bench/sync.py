@@ -167,7 +167,7 @@ def _count_deployments(api_url: str) -> int:
 
 def run(quick: bool) -> Row:
     """Measure the baseline and both syncs, each against its own fresh Prefect server."""
-    from fixtures.prefect_server import start_prefect_server
+    from svrctl.prefect_server import start_prefect_server
 
     count = 50 if quick else 1000
     bin_dir = Path(sys.executable).parent

@@ -50,11 +50,7 @@ from svrctl.settings import Settings
 if TYPE_CHECKING:
     import httpx
     from prefect.client.orchestration import PrefectClient
-    from prefect.client.schemas.objects import DeploymentSchedule
-    from prefect.client.schemas.responses import (
-        DeploymentResponse,
-        GlobalConcurrencyLimitResponse,
-    )
+    from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 
 __all__ = [
     "DEFAULT_WORK_POOL",
@@ -492,13 +488,55 @@ class SyncReport:
 # --- talking to Prefect ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Deployment:
+    """A deployment as Prefect's API returns it, as JSON.
+
+    Not validated into Prefect's models: 1,000 of them take about half a second to
+    validate, and sync compares only a few fields.
+    """
+
+    raw: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        """Return the deployment id."""
+        return str(self.raw["id"])
+
+    @property
+    def name(self) -> str:
+        """Return the deployment name."""
+        return str(self.raw["name"])
+
+    @property
+    def flow_id(self) -> str:
+        """Return the flow id."""
+        return str(self.raw["flow_id"])
+
+    @property
+    def tags(self) -> list[str]:
+        """Return the tags."""
+        return list(self.raw.get("tags") or [])
+
+    @property
+    def schedules(self) -> list[dict[str, Any]]:
+        """Return the schedules (id, slug, active, parameters, schedule)."""
+        return list(self.raw.get("schedules") or [])
+
+    @property
+    def limit_name(self) -> str | None:
+        """Return the name of the deployment's own concurrency limit, if it has one."""
+        gcl = self.raw.get("global_concurrency_limit")
+        return str(gcl["name"]) if gcl else None
+
+
 @dataclass
 class _Current:
     """What Prefect holds."""
 
-    deployments: dict[str, DeploymentResponse]
+    deployments: dict[str, _Deployment]
     limits: dict[str, GlobalConcurrencyLimitResponse] | None
-    duplicates: list[DeploymentResponse] = field(default_factory=list)
+    duplicates: list[_Deployment] = field(default_factory=list)
 
 
 @dataclass
@@ -707,12 +745,7 @@ async def _read_current(client: PrefectClient, scope: Scope | None, wanted: set[
         found = await _read_deployments(client, None, wanted)
         # Every managed deployment owns a limit named 'deployment:ID', which sorts before
         # every 'svrctl-server-*' name: reading from that offset skips them all.
-        owned = sum(
-            1
-            for d in found
-            if d.global_concurrency_limit is not None
-            and d.global_concurrency_limit.name.startswith("deployment:")
-        )
+        owned = sum(1 for d in found if (d.limit_name or "").startswith("deployment:"))
         limits = await _read_server_limits(client, owned)
     elif scope.servers:
         names = [server_limit_name(s) for s in sorted(scope.servers)]
@@ -721,8 +754,8 @@ async def _read_current(client: PrefectClient, scope: Scope | None, wanted: set[
         )
     else:
         found = await _read_deployments(client, scope, wanted)
-    by_name: dict[str, DeploymentResponse] = {}
-    duplicates: list[DeploymentResponse] = []
+    by_name: dict[str, _Deployment] = {}
+    duplicates: list[_Deployment] = []
     for d in found:
         if d.name in by_name:
             duplicates.append(d)  # cannot happen in Prefect (unique per flow), but be safe
@@ -733,7 +766,7 @@ async def _read_current(client: PrefectClient, scope: Scope | None, wanted: set[
 
 async def _read_deployments(
     client: PrefectClient, scope: Scope | None, wanted: set[str]
-) -> list[DeploymentResponse]:
+) -> list[_Deployment]:
     """Read the managed deployments (all of them, or those a scope names)."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -757,25 +790,21 @@ async def _read_deployments(
             id=DeploymentFilterId(any_=ids) if ids else None,  # type: ignore[arg-type]
         )
 
-    async def page(offset: int) -> list[DeploymentResponse]:
-        return await client.read_deployments(
-            flow_filter=flows,
-            deployment_filter=dfilter,
-            sort=DeploymentSort.NAME_ASC,
-            limit=PAGE_SIZE,
-            offset=offset,
+    body = {"flows": flows.model_dump(mode="json"), "deployments": dfilter.model_dump(mode="json")}
+
+    async def page(offset: int) -> list[_Deployment]:
+        # the same request as client.read_deployments, without validating ~1,000 models
+        response = await client.request(
+            "POST",
+            "/deployments/filter",
+            json=body
+            | {"sort": DeploymentSort.NAME_ASC.value, "limit": PAGE_SIZE, "offset": offset},
         )
+        return [_Deployment(row) for row in response.json()]
 
     # Count first, then read every page at once: Prefect's server prepares one page
     # while this process parses the previous one.
-    response = await client.request(
-        "POST",
-        "/deployments/count",
-        json={
-            "flows": flows.model_dump(mode="json"),
-            "deployments": dfilter.model_dump(mode="json"),
-        },
-    )
+    response = await client.request("POST", "/deployments/count", json=body)
     total = int(response.json())
     pages = await asyncio.gather(*(page(o) for o in range(0, total, PAGE_SIZE)))
     out = [d for p in pages for d in p]
@@ -999,25 +1028,23 @@ def _wanted_fields(spec: DeploymentSpec) -> dict[str, Any]:
     }
 
 
-def _current_fields(d: DeploymentResponse) -> dict[str, Any]:
-    gcl = d.global_concurrency_limit
-    options = d.concurrency_options
+def _current_fields(d: _Deployment) -> dict[str, Any]:
+    raw = d.raw
+    gcl = raw.get("global_concurrency_limit") or {}
+    options = raw.get("concurrency_options") or {}
     return {
-        "description": d.description or "",
+        "description": raw.get("description") or "",
         "tags": sorted(d.tags),
-        "parameters": d.parameters,
-        "paused": d.paused,
-        "work_pool": (d.work_pool_name, d.work_queue_name),
-        "concurrency": (
-            gcl.limit if gcl is not None else None,
-            str(options.collision_strategy.value) if options is not None else None,
-        ),
-        "entrypoint": d.entrypoint,
-        "path": d.path or None,
-        "pull_steps": d.pull_steps or None,
-        "job_variables": d.job_variables or {},
-        "enforce_parameter_schema": d.enforce_parameter_schema,
-        "parameter_openapi_schema": d.parameter_openapi_schema,
+        "parameters": raw.get("parameters"),
+        "paused": raw.get("paused"),
+        "work_pool": (raw.get("work_pool_name"), raw.get("work_queue_name")),
+        "concurrency": (gcl.get("limit"), options.get("collision_strategy")),
+        "entrypoint": raw.get("entrypoint"),
+        "path": raw.get("path") or None,
+        "pull_steps": raw.get("pull_steps") or None,
+        "job_variables": raw.get("job_variables") or {},
+        "enforce_parameter_schema": raw.get("enforce_parameter_schema"),
+        "parameter_openapi_schema": raw.get("parameter_openapi_schema"),
     }
 
 
@@ -1064,7 +1091,7 @@ def _schedule_key(schedule: Any) -> dict[str, Any]:
 
 
 def _deployment_changes(
-    spec: DeploymentSpec, d: DeploymentResponse
+    spec: DeploymentSpec, d: _Deployment
 ) -> tuple[dict[str, Any], list[str], list[str]]:
     """Return (DeploymentUpdate fields, schedule ids to delete, changed field names)."""
     wanted, have = _wanted_fields(spec), _current_fields(d)
@@ -1074,23 +1101,21 @@ def _deployment_changes(
         if have[key] != value:
             changes.append(key)
             update |= _update_payload(key, spec, wanted)
-    ours: DeploymentSchedule | None = None
+    ours: dict[str, Any] | None = None
     drop: list[str] = []
     for s in d.schedules:
-        if s.slug == SCHEDULE_SLUG and ours is None:
+        if s.get("slug") == SCHEDULE_SLUG and ours is None:
             ours = s
         else:
-            drop.append(str(s.id))  # added by hand in Prefect: svrctl owns the schedule
+            drop.append(str(s["id"]))  # added by hand in Prefect: svrctl owns the schedule
     if spec.schedule is None:
         if ours is not None:
-            drop.append(str(ours.id))
+            drop.append(str(ours["id"]))
     else:
-        assert spec.schedule is not None
         want, want_key = _schedule_create(spec.schedule, spec.enabled)
-        same = ours is not None and (
-            json.dumps(_schedule_key(ours.schedule), sort_keys=True) == want_key
-        )
-        if ours is None or not same or ours.active != want.active or ours.parameters:
+        same = ours is not None and json.dumps(ours.get("schedule"), sort_keys=True) == want_key
+        active = ours is not None and ours.get("active") == want.active
+        if ours is None or not same or not active or ours.get("parameters"):
             from prefect.client.schemas.actions import DeploymentScheduleUpdate
 
             update["schedules"] = [
@@ -1100,7 +1125,7 @@ def _deployment_changes(
             ]
             if ours is None:
                 changes.append("schedule")
-            elif ours.active != want.active and same:
+            elif not active and same:
                 changes.append("schedule active" if want.active else "schedule inactive")
             else:
                 changes.append("schedule")

@@ -432,7 +432,6 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         is ``HOST:PID:FLOW_RUN_ID``.
         """
         identifier = f"{_HOSTNAME}:{os.getpid()}:{flow_run.id}"
-        _t("run entered", flow_run.id)
         flow = await self._load_flow(configuration.entrypoint)
         if not flow.isasync or flow.isgenerator:
             raise TypeError(
@@ -470,12 +469,9 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
                 job.scope = scope
                 if job.cancel_requested:
                     scope.cancel()
-                _t("job start, due " + str(_scheduled_time(flow_run)), flow_run.id)
                 if configuration.wait_for_scheduled_time:
                     await _sleep_until(_scheduled_time(flow_run))
-                _t("woke", flow_run.id)
                 fresh = await self.client.read_flow_run(flow_run.id)
-                _t("read", flow_run.id)
                 if fresh.state is not None and fresh.state.is_cancelling():
                     job.cancel(CANCELLED_IN_PREFECT)  # before the observer saw it
                     await anyio.lowlevel.checkpoint()
@@ -631,12 +627,6 @@ async def _sleep_until(when: datetime | None) -> None:
     delay = (when - datetime.now(UTC)).total_seconds()
     if delay > 0:
         await anyio.sleep(delay)
-
-
-def _t(what: str, run_id: Any) -> None:
-    if os.environ.get("SVRCTL_DEBUG_TIMING"):
-        import sys
-        print(f"TIMING {datetime.now(UTC):%S.%f} {str(run_id)[-6:]} {what}", file=sys.stderr, flush=True)
 
 
 def default_query_seconds() -> float:

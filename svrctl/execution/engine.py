@@ -273,6 +273,8 @@ def _targets(
             return runner
 
         return [_Target(name, make_local)]
+    from svrctl.sync import server_limit_name
+
     with db.read() as session:
         if task.server_tag:
             from svrctl.servers import servers_with_tag
@@ -290,7 +292,7 @@ def _targets(
                 _Target(
                     row.name,
                     _ssh_runner_factory(session, row, settings, task, request),
-                    f"svrctl-server-{row.name}" if row.max_concurrent else None,
+                    server_limit_name(row.name) if row.max_concurrent else None,
                 )
             )
     return targets
