@@ -41,6 +41,7 @@ def test_add_list_show(svrctl: Invoke) -> None:
         "key_passphrase_secret": None,
         "password_secret": None,
         "sudo_password_secret": None,
+        "max_concurrent": None,
         "created": None,
         "updated": None,
     }

@@ -37,12 +37,12 @@ def _show(svrctl: Invoke, name: str) -> dict[str, object]:
 def test_add_ssh_task_with_every_option(servers: Invoke) -> None:
     r = servers(
         "task", "add", "backup", "--server", "web-1", "--command", "tar czf /tmp/b.tgz",
-        "--args", '["/etc", "a b"]', "--description", "nightly", "--schedule", "0 30 2 * * *",
+        "--args", '["/etc", "a b"]', "--description", "nightly", "--schedule", "0 30 4 * * *",
         "--timezone", "Europe/Berlin", "--timeout", "600", "--retries", "2",
         "--retry-delay", "15", "--overlap", "queue", "--misfire-grace", "120",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "✓ added task backup: command on web-1, schedule '0 30 2 * * *' (Europe/Berlin)" in (
+    assert "✓ added task backup: command on web-1, schedule '0 30 4 * * *' (Europe/Berlin)" in (
         r.output
     )
     assert "next run: " in r.output
@@ -55,7 +55,7 @@ def test_add_ssh_task_with_every_option(servers: Invoke) -> None:
         "command": "tar czf /tmp/b.tgz",
         "args": ["/etc", "a b"],
         "description": "nightly",
-        "schedule": "0 30 2 * * *",
+        "schedule": "0 30 4 * * *",
         "timezone": "Europe/Berlin",
         "timeout_seconds": 600,
         "retries": 2,
@@ -67,10 +67,10 @@ def test_add_ssh_task_with_every_option(servers: Invoke) -> None:
         "last_status": None,
     }
     assert {k: data[k] for k in expected} == expected
-    # next_run_at is set, and is the first fire time: 02:30 Berlin time
+    # next_run_at is set, and is the first fire time: 04:30 Berlin time
     next_run = datetime.fromisoformat(str(data["next_run_at"]))
     local = next_run.astimezone(ZoneInfo("Europe/Berlin"))
-    assert (local.hour, local.minute, local.second) == (2, 30, 0)
+    assert (local.hour, local.minute, local.second) == (4, 30, 0)
     assert timedelta(0) < next_run - datetime.now(UTC) <= timedelta(days=1)
 
 
@@ -265,6 +265,18 @@ def test_history_of_a_task_without_runs(servers: Invoke) -> None:
         (["--local", "--command", "x", "--schedule", "* * *"], "invalid schedule"),
         (["--local", "--command", "x", "--schedule", "0 0 0 * * FOO"], "day"),
         (["--local", "--command", "x", "--schedule", "@sometimes"], "invalid schedule"),
+        (
+            [
+                "--local",
+                "--command",
+                "x",
+                "--schedule",
+                "0 30 2 * * *",
+                "--timezone",
+                "Europe/Berlin",
+            ],
+            "cannot run in Europe/Berlin under Prefect exactly",
+        ),
         (["--local", "--command", ""], "a local task needs a command"),
     ],
 )
