@@ -256,8 +256,6 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         "svrctl installed where the worker runs."
     )
     _display_name = "svrctl (in-process)"
-    _documentation_url = "https://github.com/svrctl/svrctl/blob/main/docs/workers.md"
-    _logo_url = "https://raw.githubusercontent.com/PrefectHQ/prefect/main/docs/images/logos/prefect-logo-mark.png"
 
     def __init__(
         self,
@@ -366,8 +364,13 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
                 app_database()
 
             await anyio.to_thread.run_sync(prepare)
-        except Exception as exc:  # a run will report it properly; this is only a head start
-            self._logger.debug("warm-up failed: %s", exc)
+        except Exception as exc:  # runs will report it too; the worker still serves the pool
+            self._logger.warning(
+                "could not prepare svrctl's run-task flow (runs of it will fail until this "
+                "is fixed): %s: %s",
+                type(exc).__name__,
+                exc,
+            )
 
     async def _poll_on_new_runs(self) -> None:
         """Poll at once when Prefect announces a run scheduled in this pool.

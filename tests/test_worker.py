@@ -16,9 +16,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from prefect.states import Cancelling, Scheduled
 
 from svrctl.db.models import TaskHistory
 from svrctl.exceptions import BadInputError
+from svrctl.execution.cancel import CancelToken
 from svrctl.worker import SvrctlWorker, ensure_work_pool
 
 pytestmark = pytest.mark.sshd
@@ -438,7 +440,8 @@ def test_cancel_a_running_run(world: World) -> None:
 # ----------------------------------------------------------------------------- svrctl worker
 
 
-def test_svrctl_worker_runs_and_stops_cleanly(world: World) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_svrctl_worker_runs_and_stops_cleanly(world: World, stop: signal.Signals) -> None:
     env = world.env
     env.add_server("s1")
     pattern = "^sleep 306$"
@@ -457,8 +460,8 @@ def test_svrctl_worker_runs_and_stops_cleanly(world: World) -> None:
 
         slow_id = world.trigger(slow_deployment)
         env.wait_running(slow, timeout=30)
-        # Ctrl-C: the worker cancels its run in progress and exits
-        os.killpg(worker.pid, signal.SIGINT)
+        # Ctrl-C or SIGTERM: the worker cancels its run in progress and exits
+        os.killpg(worker.pid, stop)
         assert worker.wait(timeout=45) == 0, world.worker_log()
         log = world.worker_log()
         assert "svrctl worker stopped" in log
@@ -532,3 +535,88 @@ def test_svrctl_worker_fails_fast_without_a_schema(
     assert "has no svrctl schema yet: run `svrctl db upgrade`" in result.stderr
     assert "SVRCTL_DATABASE_URL" in result.stderr
     assert took < 15
+
+
+# ----------------------------------------------------------------------------- cancelling steps
+
+
+def _local_pids(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _cancel_when(token: CancelToken, ready: Callable[[], bool]) -> threading.Thread:
+    """Cancel ``token`` from another thread once ``ready()`` holds (within 30 s)."""
+
+    def wait_then_cancel() -> None:
+        deadline = time.monotonic() + 30
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        token.cancel("stopped by the test")
+
+    thread = threading.Thread(target=wait_then_cancel, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_executor_cancel_stops_the_command_on_the_server(run_env: RunEnv) -> None:
+    env = run_env
+    env.add_server("s1")
+    pattern = "^sleep 30[89]$"
+    task_id = env.add_task(
+        unique("stop"), "--server", "s1", "--timeout", "600", "--retries", "2",
+        "--command", "echo started; nohup sleep 309 >/dev/null 2>&1 & sleep 308",
+    )  # fmt: skip
+    token = CancelToken()
+    try:
+        _cancel_when(token, lambda: len(env.remote_pids(pattern)) == 2)
+        started = time.monotonic()
+        result = env.run(task_id, cancel=token)
+        assert time.monotonic() - started < 30
+        assert (result.status, result.success) == ("cancelled", False)
+        assert result.error == "cancelled: stopped by the test"
+        assert env.wait_no_remote(pattern) == []  # the background one too
+        (row,) = env.rows(task_id)  # no retry after a cancellation
+        assert (row.status, row.error, row.output) == (
+            "cancelled",
+            "cancelled: stopped by the test",
+            "started\n",
+        )
+        assert row.finished_at is not None
+        task = env.task(task_id)
+        assert (task.run_count, task.success_count, task.failure_count) == (1, 0, 0)
+    finally:
+        env.sshd.run(f"pkill -KILL -f '{pattern}'")
+
+
+def test_executor_cancel_stops_a_local_command(run_env: RunEnv) -> None:
+    env = run_env
+    pattern = "^sleep 310$"
+    task_id = env.add_task(
+        unique("here"), "--local", "--timeout", "600", "--command", "sleep 310; echo never"
+    )
+    token = CancelToken()
+    try:
+        _cancel_when(token, lambda: bool(_local_pids(pattern)))
+        result = env.run(task_id, cancel=token)
+        assert result.status == "cancelled"
+        deadline = time.monotonic() + 5
+        while _local_pids(pattern) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _local_pids(pattern) == []
+        (row,) = env.rows(task_id)
+        assert row.status == "cancelled" and row.finished_at is not None
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", pattern], check=False)
+
+
+def test_cancel_before_the_step_starts_runs_nothing(run_env: RunEnv) -> None:
+    marker = run_env.scratch / "ran"
+    task_id = run_env.add_task(unique("never"), "--local", "--command", f"touch {marker}")
+    token = CancelToken()
+    token.cancel("too late")
+    result = run_env.run(task_id, cancel=token)
+    assert (result.status, result.error) == ("cancelled", "cancelled: too late")
+    assert not marker.exists()
+    (row,) = run_env.rows(task_id)
+    assert row.status == "cancelled"
