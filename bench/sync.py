@@ -189,8 +189,11 @@ def run(quick: bool) -> Row:
                 capture_output=True,
             )
             print("  5: prefect deploy --all ...", file=sys.stderr)
+            # Prefect's server on SQLite answers 503 when busy; with its default 5
+            # retries a deploy of 1,000 entries sometimes gives up halfway.
+            base_env = env | {"PREFECT_CLIENT_MAX_RETRIES": "10"}
             base, _ = _timed(
-                [str(bin_dir / "prefect"), "--no-prompt", "deploy", "--all"], env, cwd=project
+                [str(bin_dir / "prefect"), "--no-prompt", "deploy", "--all"], base_env, cwd=project
             )
             base_count = _count_deployments(server.api_url)
         finally:
