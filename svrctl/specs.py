@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from svrctl.db.models import HostKeyPolicy, OverlapPolicy, TaskKind
+from svrctl.db.models import ChainOn, HostKeyPolicy, OverlapPolicy, TaskKind
 from svrctl.exceptions import BadInputError
 
 __all__ = [
@@ -232,11 +232,51 @@ class TaskSpec(BaseModel):
         description="For a tag: the run succeeds when at least this many servers succeed "
         "(default: all of them).",
     )
+    only_if: str | None = Field(
+        default=None,
+        max_length=65536,
+        title="Only if",
+        description="A check command run on the same target first; when it exits non-zero "
+        "the run is recorded as skipped and the step does not run.",
+    )
+    after: str | None = Field(
+        default=None,
+        title="After",
+        description="Chain: run this task when the named task's run ends (see 'On').",
+    )
+    after_on: ChainOn | None = Field(
+        default=None,
+        title="On",
+        description="With 'After': run on the other task's success (default), failure, or any end.",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("only_if")
+    @classmethod
+    def _only_if(cls, value: str | None) -> str | None:
+        if value is not None and "\0" in value:
+            raise ValueError("the --only-if check may not contain a NUL byte")
+        return value or None
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str | None) -> str | None:
+        return None if not value else check_name(value, "task")
+
+    @model_validator(mode="after")
+    def _chain(self) -> Self:
+        if self.after is None:
+            if self.after_on is not None:
+                raise ValueError("'on' applies to a chained task: give the task it runs after")
+        elif self.after_on is None:
+            self.after_on = ChainOn.SUCCESS
+        if self.after is not None and self.after == self.name:
+            raise ValueError("a task cannot run after itself")
+        return self
 
     @field_validator("server")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
@@ -16,6 +17,7 @@ from svrctl.specs import TaskSpec, validate
 
 __all__ = [
     "add_task",
+    "chained_after",
     "check_schedule",
     "get_task",
     "history_to_dict",
@@ -24,6 +26,7 @@ __all__ = [
     "recent_history",
     "remove_task",
     "set_enabled",
+    "task_name_of",
     "task_spec",
     "task_to_dict",
     "update_task",
@@ -46,37 +49,34 @@ def list_tasks(session: Session) -> list[tuple[Task, str | None]]:
     return [(task, server_name) for task, server_name in rows]
 
 
+# Spec fields kept under another name, or as a reference to another row.
+_REFERENCES = {"server", "tag", "after"}
+# Spec fields stored in the task row under the same name.
+_DIRECT = tuple(f for f in TaskSpec.model_fields if f not in _REFERENCES)
+
+
 def _server_name(session: Session, task: Task) -> str | None:
     if task.server_id is None:
         return None
     return session.scalar(select(Server.name).where(Server.id == task.server_id))
 
 
+def task_name_of(session: Session, task_id: int | None) -> str | None:
+    """Return the name of the task with id ``task_id`` (None for None or a missing task)."""
+    if task_id is None:
+        return None
+    return session.scalar(select(Task.name).where(Task.id == task_id))
+
+
 def task_spec(session: Session, task: Task) -> TaskSpec:
     """Return the spec a task row was made from."""
-    return TaskSpec.model_validate(
-        {
-            "name": task.name,
-            "description": task.description,
-            "kind": task.kind,
-            "server": _server_name(session, task),
-            "tag": task.server_tag,
-            "plugin": task.plugin,
-            "plugin_config": task.plugin_config,
-            "command": task.command,
-            "args": task.args,
-            "schedule": task.schedule,
-            "timezone": task.timezone,
-            "enabled": task.enabled,
-            "timeout_seconds": task.timeout_seconds,
-            "retries": task.retries,
-            "retry_delay_seconds": task.retry_delay_seconds,
-            "overlap_policy": task.overlap_policy,
-            "misfire_grace_seconds": task.misfire_grace_seconds,
-            "pty": task.pty,
-            "min_success": task.min_success,
-        }
-    )
+    data: dict[str, Any] = {f: getattr(task, f) for f in _DIRECT}
+    data |= {
+        "server": _server_name(session, task),
+        "tag": task.server_tag,
+        "after": task_name_of(session, task.after_task_id),
+    }
+    return TaskSpec.model_validate(data)
 
 
 def next_runs(
@@ -139,27 +139,48 @@ def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
         from svrctl.plugin import get_plugin, validate_config
 
         validate_config(get_plugin(spec.plugin), spec.plugin_config)
-    task.name = spec.name
-    task.description = spec.description
-    task.kind = spec.kind.value
+    after_id = _chain_source(session, task.id, spec.name, spec.after)
+    for name in _DIRECT:
+        value = getattr(spec, name)
+        setattr(task, name, value.value if isinstance(value, enum.Enum) else value)
     task.server_id = server_id
     task.server_tag = spec.tag
-    task.plugin = spec.plugin
-    task.plugin_config = spec.plugin_config
-    task.command = spec.command
-    task.args = spec.args
-    task.schedule = spec.schedule
-    task.timezone = spec.timezone
-    task.enabled = spec.enabled
-    task.timeout_seconds = spec.timeout_seconds
-    task.retries = spec.retries
-    task.retry_delay_seconds = spec.retry_delay_seconds
-    task.overlap_policy = spec.overlap_policy.value
-    task.misfire_grace_seconds = spec.misfire_grace_seconds
-    task.pty = spec.pty
-    task.min_success = spec.min_success
+    task.after_task_id = after_id
     upcoming = next_runs(spec.schedule, spec.timezone, 1) if spec.enabled else []
     task.next_run_at = upcoming[0] if upcoming else None
+
+
+def _chain_source(
+    session: Session, task_id: int | None, name: str, after: str | None
+) -> int | None:
+    """Return the id of the task that task ``name`` runs after; refuse an unknown one or a loop."""
+    if after is None:
+        return None
+    source = session.scalar(select(Task).where(Task.name == after))
+    if source is None:
+        raise NotFoundError(
+            f"no task named {after!r} to run after: see `svrctl task list`", field="after"
+        )
+    seen = [after]
+    step: Task | None = source
+    while step is not None and step.after_task_id is not None:
+        if task_id is not None and step.after_task_id == task_id:
+            loop = " after ".join([name, *seen, name])
+            raise BadInputError(
+                f"invalid after: chaining {name} after {after} makes a loop ({loop})",
+                field="after",
+            )
+        step = session.get(Task, step.after_task_id)
+        if step is not None:
+            seen.append(step.name)
+    return source.id
+
+
+def chained_after(session: Session, task: Task) -> list[str]:
+    """Return the names of the tasks that run after ``task``."""
+    return list(
+        session.scalars(select(Task.name).where(Task.after_task_id == task.id).order_by(Task.name))
+    )
 
 
 def add_task(session: Session, spec: TaskSpec) -> Task:
@@ -197,6 +218,17 @@ def set_enabled(session: Session, name: str, enabled: bool) -> Task:
 def remove_task(session: Session, name: str) -> None:
     """Delete a task and its history."""
     task = get_task(session, name)
+    followers = chained_after(session, task)
+    if followers:
+        first = followers[0]
+        raise ConflictError(
+            f"task {name} cannot be removed: {', '.join(followers)} "
+            f"{'runs' if len(followers) == 1 else 'run'} after it; unchain "
+            f"{'it' if len(followers) == 1 else 'them'} first "
+            f"(`svrctl task edit {first} --after ''`) or remove "
+            f"{'it' if len(followers) == 1 else 'them'}",
+            field="after",
+        )
     session.delete(task)
     session.flush()
 
@@ -217,29 +249,21 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def task_to_dict(task: Task, server_name: str | None) -> dict[str, Any]:
-    """Return a task as plain JSON-ready data."""
-    return {
-        "id": task.id,
-        "name": task.name,
-        "description": task.description,
-        "kind": task.kind,
-        "server": server_name,
-        "tag": task.server_tag,
-        "plugin": task.plugin,
-        "plugin_config": task.plugin_config,
-        "command": task.command,
-        "args": task.args,
-        "schedule": task.schedule,
-        "timezone": task.timezone,
-        "enabled": task.enabled,
-        "timeout_seconds": task.timeout_seconds,
-        "retries": task.retries,
-        "retry_delay_seconds": task.retry_delay_seconds,
-        "overlap_policy": task.overlap_policy,
-        "misfire_grace_seconds": task.misfire_grace_seconds,
-        "pty": task.pty,
-        "min_success": task.min_success,
+def task_to_dict(
+    task: Task, server_name: str | None, after_name: str | None = None
+) -> dict[str, Any]:
+    """Return a task as plain JSON-ready data (``after_name``: the task it runs after)."""
+    data: dict[str, Any] = {"id": task.id}
+    for name in TaskSpec.model_fields:
+        if name == "server":
+            data[name] = server_name
+        elif name == "tag":
+            data[name] = task.server_tag
+        elif name == "after":
+            data[name] = after_name
+        else:
+            data[name] = getattr(task, name)
+    return data | {
         "run_count": task.run_count,
         "success_count": task.success_count,
         "failure_count": task.failure_count,

@@ -56,6 +56,22 @@ def _task_options(func: F) -> F:
             type=int,
             help="With --tag: succeed when at least N servers succeed (default: all).",
         ),
+        click.option(
+            "--only-if",
+            "only_if",
+            help="Check command run on the same target first; a non-zero exit skips the run "
+            "('' to drop the check).",
+        ),
+        click.option(
+            "--after",
+            help="Chain: run this task when task AFTER's run ends ('' to unchain); see --on.",
+        ),
+        click.option(
+            "--on",
+            "after_on",
+            type=click.Choice(["success", "failure", "any"]),
+            help="With --after: run on its success (default), failure, or any end.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the task as JSON."),
     ]
     for opt in reversed(opts):
@@ -80,9 +96,14 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "plugin",
         "pty",
         "min_success",
+        "only_if",
+        "after",
+        "after_on",
     ):
         if options.get(key) is not None:
             out[key] = options[key]
+    if out.get("after") == "" and "after_on" not in out:
+        out["after_on"] = None  # unchaining drops the chain's condition too
     if options.get("args_json") is not None:
         out["args"] = parse_json_option(options["args_json"], "--args")
     if options.get("config_json") is not None:
@@ -139,7 +160,7 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     spec = validate(TaskSpec, fields)
     with app.db().write() as session:
         row = add_task(session, spec)
-        data = task_to_dict(row, spec.server)
+        data = task_to_dict(row, spec.server, spec.after)
     _sync_task(app, data, names={spec.name}, deployment_id=None)
     _print_saved("added", data, as_json, app.settings.timezone)
 
@@ -157,7 +178,7 @@ def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
         deployment_id = current.deployment_id
         changes = _target(options, current.kind) | _common(options)
         row = update_task(session, name, changes)
-        data = task_to_dict(row, _server_of(session, row.server_id))
+        data = task_to_dict(row, _server_of(session, row.server_id), _after_of(session, row))
     _sync_task(app, data, names={name, data["name"]}, deployment_id=deployment_id)
     _print_saved("updated", data, as_json, app.settings.timezone)
 
@@ -194,6 +215,20 @@ def _server_of(session: Any, server_id: int | None) -> str | None:
     return name
 
 
+def _when(schedule: str, after: str | None, on: str | None) -> str:
+    """Say when a task runs: its schedule, its chain, or manually."""
+    parts = [schedule] if schedule else []
+    if after:
+        parts.append(f"after {after}" + ("" if on == "success" else f" ({on})"))
+    return ", ".join(parts) or "manual"
+
+
+def _after_of(session: Any, row: Any) -> str | None:
+    from svrctl.tasks import task_name_of
+
+    return task_name_of(session, row.after_task_id)
+
+
 def _target_text(data: dict[str, Any]) -> str:
     if data["kind"] == "plugin":
         return f"plugin {data['plugin']} on {data['server'] or 'the local host'}"
@@ -213,7 +248,11 @@ def _print_saved(verb: str, data: dict[str, Any], as_json: bool, zone: str) -> N
         else ("manual runs only")
     )
     state = "" if data["enabled"] else ", disabled"
-    click.echo(f"✓ {verb} task {data['name']}: {_target_text(data)}, {schedule}{state}")
+    chain = f", after {data['after']} ({data['after_on']})" if data.get("after") else ""
+    check = f", only if `{data['only_if']}` succeeds" if data.get("only_if") else ""
+    click.echo(
+        f"✓ {verb} task {data['name']}: {_target_text(data)}, {schedule}{chain}{check}{state}"
+    )
     if data["next_run_at"]:
         from datetime import datetime
 
@@ -230,8 +269,9 @@ def list_cmd(app: App, as_json: bool) -> None:
 
     with app.db().read() as session:
         rows = list_tasks(session)
+    names: dict[int | None, str] = {t.id: t.name for t, _ in rows}
     if as_json:
-        echo_json([task_to_dict(t, server) for t, server in rows])
+        echo_json([task_to_dict(t, server, names.get(t.after_task_id)) for t, server in rows])
         return
     table(
         ["NAME", "KIND", "TARGET", "SCHEDULE", "ENABLED", "LAST", "RUNS", "NEXT RUN"],
@@ -240,7 +280,7 @@ def list_cmd(app: App, as_json: bool) -> None:
                 t.name,
                 t.plugin if t.kind == "plugin" else t.kind,
                 server or (f"tag:{t.server_tag}" if t.server_tag else "local"),
-                t.schedule or "manual",
+                _when(t.schedule, names.get(t.after_task_id), t.after_on),
                 t.enabled,
                 t.last_status,
                 t.run_count,
@@ -258,11 +298,12 @@ def list_cmd(app: App, as_json: bool) -> None:
 @pass_app
 def show_cmd(app: App, name: str, count: int, as_json: bool) -> None:
     """Show one task, with the next fire times of its schedule."""
-    from svrctl.tasks import get_task, next_runs, task_to_dict
+    from svrctl.tasks import chained_after, get_task, next_runs, task_to_dict
 
     with app.db().read() as session:
         row = get_task(session, name)
-        data = task_to_dict(row, _server_of(session, row.server_id))
+        data = task_to_dict(row, _server_of(session, row.server_id), _after_of(session, row))
+        data["chained_after"] = chained_after(session, row)
     upcoming = next_runs(data["schedule"], data["timezone"], count) if data["enabled"] else []
     data["next_fire_times"] = [t.isoformat() for t in upcoming]
     if as_json:

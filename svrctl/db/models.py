@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "Base",
+    "ChainOn",
     "HostKeyPolicy",
     "OverlapPolicy",
     "RunStatus",
@@ -103,6 +104,8 @@ class RunStatus(enum.StrEnum):
     CRASHED = "crashed"
     MISSED = "missed"
     CANCELLED = "cancelled"
+    # the task's --only-if check exited non-zero: the step did not run
+    SKIPPED = "skipped"
 
     @property
     def final(self) -> bool:
@@ -113,6 +116,14 @@ class RunStatus(enum.StrEnum):
     def counts_as_failure(self) -> bool:
         """True for the outcomes that count as failed runs in task stats."""
         return self in {RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.CRASHED}
+
+
+class ChainOn(enum.StrEnum):
+    """Which ends of the task it runs after start a chained task."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ANY = "any"
 
 
 class TriggeredBy(enum.StrEnum):
@@ -202,6 +213,13 @@ class Task(Base):
     misfire_grace_seconds: Mapped[int] = mapped_column(default=60)
     pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     min_success: Mapped[int | None]
+    # a check command on the same target; when it exits non-zero the run is skipped
+    only_if: Mapped[str | None] = mapped_column(Text)
+    # chain: run this task when the task after_task_id ends as after_on says
+    after_task_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tasks.id", ondelete="RESTRICT"), index=True
+    )
+    after_on: Mapped[str | None] = mapped_column(String(16))
     # stats
     run_count: Mapped[int] = mapped_column(default=0)
     success_count: Mapped[int] = mapped_column(default=0)
