@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "svrctl.plugins"
-BUILTIN_MODULES = ("svrctl.plugins.echo",)
+BUILTIN_MODULES = ("svrctl.plugins.echo", "svrctl.plugins.health")
 
 
 class Metric(BaseModel):
