@@ -26,6 +26,7 @@ __all__ = [
     "PluginResult",
     "get_plugin",
     "plugin_names",
+    "plugin_source",
     "validate_config",
 ]
 
@@ -94,6 +95,17 @@ def _registry() -> dict[str, type[Plugin]]:
         if ep.name not in found:
             found[ep.name] = ep.load()
     return found
+
+
+def plugin_source(name: str) -> str:
+    """Say where a plugin comes from: ``built-in`` or its entry point's distribution."""
+    if name in {importlib_name.rsplit(".", 1)[-1] for importlib_name in BUILTIN_MODULES}:
+        return "built-in"
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            dist = getattr(ep, "dist", None)
+            return f"entry point {ep.value}" + (f" ({dist.name})" if dist is not None else "")
+    return "unknown"
 
 
 def plugin_names() -> list[str]:
