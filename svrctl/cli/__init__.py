@@ -7,6 +7,7 @@ import click
 from svrctl.cli.app import App, SvrctlGroup
 from svrctl.cli.cron import cron
 from svrctl.cli.db import db
+from svrctl.cli.metrics import metrics
 from svrctl.cli.plugin import plugin
 from svrctl.cli.secret import secret
 from svrctl.cli.server import server
@@ -32,6 +33,7 @@ cli.add_command(secret)
 cli.add_command(server)
 cli.add_command(task)
 cli.add_command(plugin)
+cli.add_command(metrics)
 cli.add_command(sync)
 cli.add_command(cron)
 cli.add_command(up)

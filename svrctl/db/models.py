@@ -27,6 +27,7 @@ __all__ = [
     "Base",
     "ChainOn",
     "HostKeyPolicy",
+    "MetricRow",
     "OverlapPolicy",
     "RunStatus",
     "Server",
@@ -268,3 +269,25 @@ class TaskHistory(Base):
     finished_at: Mapped[datetime | None]
 
     task: Mapped[Task] = relationship(back_populates="history", lazy="raise")
+
+
+class MetricRow(Base):
+    """One figure a plugin measured on a server (or on the worker's host) at a time."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (
+        Index("ix_metrics_server_name_time", "server", "name", "time"),
+        Index("ix_metrics_time", "time"),
+    )
+
+    server: Mapped[str] = mapped_column(String(255))
+    plugin: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[float]
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    labels: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    task_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tasks.id", ondelete="SET NULL"), index=True
+    )
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
