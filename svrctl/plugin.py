@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from svrctl.commands import CommandRunner
 from svrctl.exceptions import BadInputError, NotFoundError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -31,7 +35,7 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "svrctl.plugins"
-BUILTIN_MODULES = ("svrctl.plugins.echo", "svrctl.plugins.health")
+BUILTIN_MODULES = ("svrctl.plugins.echo", "svrctl.plugins.health", "svrctl.plugins.updates")
 
 
 class Metric(BaseModel):
@@ -54,14 +58,52 @@ class PluginResult(BaseModel):
     priority: int = Field(default=5, ge=1, le=10)
 
 
+def _read_secret(name: str) -> str:
+    from svrctl.secrets import prefect_secret
+
+    return prefect_secret(name)
+
+
 @dataclass
 class PluginContext:
-    """What a plugin run gets: a command runner for its target, secrets and a logger."""
+    """What a plugin run gets: a command runner for its target, HTTP, secrets and a logger.
+
+    ``runner`` runs commands on the task's target (its server over SSH, or the local
+    host): plugins never open SSH connections themselves. ``http`` is an httpx client
+    bounded by the run's timeout; ``secret(name)`` reads a Prefect Secret block.
+    """
 
     runner: CommandRunner
     timeout: float
     action: str
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("svrctl.plugin"))
+    log: logging.Logger | logging.LoggerAdapter[Any] = field(
+        default_factory=lambda: logging.getLogger("svrctl.plugin")
+    )
+    secrets: Callable[[str], str] = _read_secret
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
+
+    @property
+    def http(self) -> httpx.Client:
+        """An HTTP client for this run (created on first use, closed with the context)."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(
+                timeout=httpx.Timeout(min(self.timeout, 30.0)),
+                follow_redirects=True,
+                headers={"User-Agent": "svrctl"},
+            )
+        return self._http
+
+    def secret(self, name: str) -> str:
+        """Return the value of the Prefect Secret block ``name`` (SecretError if missing)."""
+        return self.secrets(name)
+
+    def close(self) -> None:
+        """Release what the run opened (the HTTP client)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
 
 class Plugin(ABC):
