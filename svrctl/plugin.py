@@ -28,6 +28,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginResult",
+    "builtin_modules",
     "get_plugin",
     "plugin_names",
     "plugin_source",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "svrctl.plugins"
-BUILTIN_MODULES = ("svrctl.plugins.echo", "svrctl.plugins.health", "svrctl.plugins.updates")
 
 
 class Metric(BaseModel):
@@ -125,14 +125,24 @@ class NoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def builtin_modules() -> list[str]:
+    """Return the modules of the built-in plugins: every module of ``svrctl.plugins``."""
+    import pkgutil
+
+    import svrctl.plugins as package
+
+    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
+
+
 def _registry() -> dict[str, type[Plugin]]:
     import importlib
 
     found: dict[str, type[Plugin]] = {}
-    for module_name in BUILTIN_MODULES:
+    for module_name in builtin_modules():
         module = importlib.import_module(module_name)
-        plugin: type[Plugin] = module.PLUGIN
-        found[plugin.name] = plugin
+        plugin: type[Plugin] | None = getattr(module, "PLUGIN", None)
+        if plugin is not None:
+            found[plugin.name] = plugin
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:
             found[ep.name] = ep.load()
@@ -141,8 +151,12 @@ def _registry() -> dict[str, type[Plugin]]:
 
 def plugin_source(name: str) -> str:
     """Say where a plugin comes from: ``built-in`` or its entry point's distribution."""
-    if name in {importlib_name.rsplit(".", 1)[-1] for importlib_name in BUILTIN_MODULES}:
-        return "built-in"
+    import importlib
+
+    for module_name in builtin_modules():
+        plugin = getattr(importlib.import_module(module_name), "PLUGIN", None)
+        if plugin is not None and plugin.name == name:
+            return "built-in"
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             dist = getattr(ep, "dist", None)
