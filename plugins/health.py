@@ -9,12 +9,18 @@ crossed and by how much.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from svrctl.plugin import Metric, Plugin, PluginContext, PluginResult
+from svrctl.plugin import (
+    Metric,
+    Plugin,
+    PluginContext,
+    PluginResult,
+    section_script,
+    split_sections,
+)
 
 __all__ = ["HealthConfig", "HealthPlugin", "Snapshot", "parse_snapshot"]
 
@@ -27,7 +33,6 @@ PSEUDO_FS = frozenset(
         "rpc_pipefs", "securityfs", "squashfs", "sysfs", "tmpfs", "tracefs", "nfsd",
     }
 )  # fmt: skip
-_MARK = "--svrctl-health:"
 _SECTIONS = ("stat1", "stat2", "loadavg", "nproc", "meminfo", "mounts", "df", "uptime")
 
 
@@ -102,7 +107,6 @@ class Snapshot:
 
 def _command(sample_seconds: float) -> str:
     """Return the one shell command that reads everything."""
-    parts = []
     reads = {
         "stat1": "head -n 1 /proc/stat",
         "stat2": f"sleep {sample_seconds:g}; head -n 1 /proc/stat",
@@ -113,23 +117,7 @@ def _command(sample_seconds: float) -> str:
         "df": "df -P -k",
         "uptime": "cat /proc/uptime",
     }
-    for name in _SECTIONS:
-        parts.append(f"echo {shlex.quote(_MARK + name)}; {reads[name]}")
-    return "LC_ALL=C; export LC_ALL; " + "; ".join(parts)
-
-
-def _sections(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith(_MARK):
-            current = out.setdefault(line[len(_MARK) :].strip(), [])
-        elif current is not None:
-            current.append(line)
-    missing = [s for s in _SECTIONS if s not in out]
-    if missing:
-        raise ValueError(f"the target's output lacks {', '.join(missing)}")
-    return out
+    return "LC_ALL=C; export LC_ALL; " + section_script(reads)
 
 
 def _cpu_times(line: str) -> tuple[int, int]:
@@ -178,7 +166,7 @@ def _filesystems(mounts: list[str], df: list[str]) -> list[Filesystem]:
 
 def parse_snapshot(text: str) -> Snapshot:
     """Turn the output of the health command into a snapshot (ValueError if malformed)."""
-    sec = _sections(text)
+    sec = split_sections(text, _SECTIONS)
     busy1, total1 = _cpu_times(sec["stat1"][0] if sec["stat1"] else "")
     busy2, total2 = _cpu_times(sec["stat2"][0] if sec["stat2"] else "")
     spent = total2 - total1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SECTION_MARK",
     "Metric",
     "Plugin",
     "PluginContext",
@@ -32,6 +33,8 @@ __all__ = [
     "get_plugin",
     "plugin_names",
     "plugin_source",
+    "section_script",
+    "split_sections",
     "validate_config",
 ]
 
@@ -123,6 +126,41 @@ class NoConfig(BaseModel):
     """A plugin that takes no settings."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+SECTION_MARK = "--svrctl-section:"
+
+
+def section_script(parts: dict[str, str]) -> str:
+    """Join shell snippets into one command whose output marks where each one starts.
+
+    Plugins read many things in one round trip this way; :func:`split_sections`
+    takes the output apart again.
+    """
+    import shlex
+
+    return "; ".join(
+        f"echo {shlex.quote(SECTION_MARK + name)}; {cmd}" for name, cmd in parts.items()
+    )
+
+
+def split_sections(text: str, expected: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Split the output of a :func:`section_script` command into lines per section.
+
+    Raises:
+        ValueError: A section in ``expected`` is missing from the output.
+    """
+    out: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith(SECTION_MARK):
+            current = out.setdefault(line[len(SECTION_MARK) :].strip(), [])
+        elif current is not None:
+            current.append(line)
+    missing = [s for s in expected if s not in out]
+    if missing:
+        raise ValueError(f"the target's output lacks {', '.join(missing)}")
+    return out
 
 
 def builtin_modules() -> list[str]:

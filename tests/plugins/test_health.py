@@ -12,36 +12,36 @@ from svrctl.plugin import get_plugin, validate_config
 from svrctl.plugins.health import HealthConfig, parse_snapshot
 
 # Output of the plugin's command on a real Debian host (two /proc/stat samples 1 s apart).
-RECORDED = """--svrctl-health:stat1
+RECORDED = """--svrctl-section:stat1
 cpu  10000 0 5000 80000 1000 0 0 0 0 0
---svrctl-health:stat2
+--svrctl-section:stat2
 cpu  10150 0 5050 80780 1020 0 0 0 0 0
---svrctl-health:loadavg
+--svrctl-section:loadavg
 0.52 0.41 0.30 1/245 12345
---svrctl-health:nproc
+--svrctl-section:nproc
 4
---svrctl-health:meminfo
+--svrctl-section:meminfo
 MemTotal:        8000000 kB
 MemFree:          500000 kB
 MemAvailable:    2000000 kB
 Cached:          1200000 kB
 SwapTotal:       1000000 kB
 SwapFree:         750000 kB
---svrctl-health:mounts
+--svrctl-section:mounts
 overlay / overlay rw,relatime 0 0
 proc /proc proc rw 0 0
 tmpfs /run tmpfs rw 0 0
 /dev/sda1 /boot ext4 rw 0 0
 /dev/loop0 /snap/core/1 squashfs ro 0 0
 /dev/sdb1 /srv/my\\040data xfs rw 0 0
---svrctl-health:df
+--svrctl-section:df
 Filesystem     1024-blocks      Used Available Capacity Mounted on
 overlay           10000000   4000000   6000000      40% /
 tmpfs               100000         0    100000       0% /run
 /dev/sda1           500000    450000     50000      90% /boot
 /dev/loop0           60000     60000         0     100% /snap/core/1
 /dev/sdb1          2000000    500000   1500000      25% /srv/my data
---svrctl-health:uptime
+--svrctl-section:uptime
 93784.51 180000.00
 """
 
