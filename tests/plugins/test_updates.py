@@ -26,7 +26,7 @@ Inst base-files [12.4+deb12u11] (12.4+deb12u15 Debian:12.15/oldstable [amd64])
 Inst libgcrypt20 [1.10.1-3] (1.10.1-3+deb12u1 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64])
 Inst liblzma-dev [5.4.1-1] (5.4.1-1+deb12u2 Debian-Security:12/oldstable-security [amd64]) []
 Conf base-files (12.4+deb12u15 Debian:12.15/oldstable [amd64])
-"""  # noqa: E501
+"""
 DNF_CHECK = """
 openssl.x86_64                       1:3.0.7-25.el9_3                 baseos
 kernel.x86_64                        5.14.0-362.18.1.el9_3            baseos
