@@ -33,9 +33,11 @@ repeated hour, because it de-duplicates dates that compare equal on the wall clo
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import MAXYEAR, UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -442,8 +444,41 @@ def _offset_at(zone: ZoneInfo, timestamp: int) -> timedelta:
 
 
 def _transitions(zone: ZoneInfo, start: datetime, end: datetime) -> Iterator[_Transition]:
-    """Yield the offset changes of a zone between two instants, in order."""
+    """Yield the offset changes of a zone between two instants, in order.
+
+    A change is yielded when its first second at the new offset is after ``start``
+    and not after ``end``. The changes of whole UTC years are scanned once per zone
+    and process (:func:`_year_transitions`): a sync translates many schedules in the
+    same few zones, and each scan takes ~20 ms.
+    """
     t, end_ts = int(start.timestamp()), int(end.timestamp())
+    first_year = datetime.fromtimestamp(t, UTC).year
+    last_year = datetime.fromtimestamp(end_ts, UTC).year
+    if zone.key is None or end_ts <= t or last_year >= MAXYEAR:
+        yield from _scan_transitions(zone, t, end_ts)
+        return
+    stamps, found = _year_transitions(zone.key, first_year, last_year)
+    # The changes in (t, end_ts]: what a scan from t to end_ts finds.
+    yield from found[bisect_right(stamps, t) : bisect_right(stamps, end_ts)]
+
+
+@lru_cache(maxsize=64)
+def _year_transitions(
+    key: str, first_year: int, last_year: int
+) -> tuple[tuple[int, ...], tuple[_Transition, ...]]:
+    """Return the offset changes of a zone from 1 January of one year to the end of another.
+
+    Returns:
+        The UTC timestamps of the changes (for bisecting) and the changes, in order.
+    """
+    start = int(datetime(first_year, 1, 1, tzinfo=UTC).timestamp())
+    end = int(datetime(last_year + 1, 1, 1, tzinfo=UTC).timestamp())
+    found = tuple(_scan_transitions(ZoneInfo(key), start, end))
+    return tuple(int(tr.at.replace(tzinfo=UTC).timestamp()) for tr in found), found
+
+
+def _scan_transitions(zone: ZoneInfo, t: int, end_ts: int) -> Iterator[_Transition]:
+    """Yield the offset changes of a zone in (t, end_ts], scanning a day at a time."""
     off = _offset_at(zone, t)
     while t < end_ts:
         t_next = min(t + _SCAN_STEP, end_ts)

@@ -34,6 +34,9 @@ from svrctl.exceptions import BadInputError
 from svrctl.schedules import (
     PrefectScheduleSpec,
     ScheduleNotRepresentable,
+    _horizon,
+    _scan_transitions,
+    _transitions,
     check_representable,
     to_prefect_schedule,
 )
@@ -148,6 +151,35 @@ def test_the_test_zones_change_their_clocks_as_expected() -> None:
     assert jumps["Europe/Berlin"] == [3600, -3600, 3600, -3600]
     assert jumps["America/New_York"] == [3600, -3600, 3600, -3600]
     assert jumps["Australia/Lord_Howe"] == [-1800, 1800, -1800, 1800]
+
+
+@pytest.mark.parametrize(
+    "tz", ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Africa/Casablanca"]
+)
+def test_cached_transitions_equal_a_fresh_scan(tz: str) -> None:
+    # _transitions answers from a per-zone cache of whole years; every window must
+    # list exactly what the day-by-day scan of that window alone finds.
+    zone = ZoneInfo(tz)
+    now = datetime(2026, 5, 17, 13, 7, 11, tzinfo=UTC)
+    start, end = now - timedelta(days=2), _horizon(now)
+    assert list(_transitions(zone, start, end)) == list(
+        _scan_transitions(zone, int(start.timestamp()), int(end.timestamp()))
+    )
+    y2026, y2028 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC)
+    found = [
+        (tr.at.replace(tzinfo=UTC), int(tr.jump.total_seconds()))
+        for tr in _transitions(zone, y2026, y2028)
+    ]
+    assert found == list(zone_transitions(tz, y2026, y2028))  # an independent hourly scan
+    assert found
+    second, day = timedelta(seconds=1), timedelta(days=1)
+    windows = [(datetime(2025, 6, 1, tzinfo=UTC), datetime(2031, 1, 1, tzinfo=UTC))]
+    for at, _ in found:  # a change counts when its first second is in (start, end]
+        windows += [(at - second, at + day), (at, at + day)]
+        windows += [(at - day, at), (at - day, at - second)]
+    for lo, hi in windows:
+        scanned = list(_scan_transitions(zone, int(lo.timestamp()), int(hi.timestamp())))
+        assert list(_transitions(zone, lo, hi)) == scanned, (lo, hi)
 
 
 def starts_around(at: datetime, jump: int) -> list[datetime]:
