@@ -1,4 +1,4 @@
-"""Helpers for the SSH auth, trust, connectivity and CLI tests (real sshd on loopback).
+"""Helpers for the SSH tests (auth, trust, connectivity, CLI, exec; real sshd on loopback).
 
 Every target built here uses a known_hosts file in the test's tmp dir, no user
 known_hosts file (``~/.ssh`` is never read or written) and a key dir of its own.
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from click.testing import CliRunner, Result
 from fixtures.sshd import SshdTarget, free_port
@@ -23,6 +23,7 @@ from fixtures.sshd import SshdTarget, free_port
 from svrctl.ssh.target import SshTarget
 
 __all__ = [
+    "BackgroundThread",
     "SilentListener",
     "bare_target",
     "cli",
@@ -153,7 +154,42 @@ def json_out(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-class SilentListener:
+class BackgroundThread:
+    """A context manager that runs :meth:`_run` in a daemon thread while the block runs.
+
+    ``_run`` should return soon after ``self._stop`` is set. On exit the thread is
+    told to stop and joined (for at most ``join_timeout`` seconds), then
+    :meth:`_close` releases what it used.
+    """
+
+    join_timeout = 5.0
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release resources after the thread has been joined (nothing by default)."""
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(self.join_timeout)
+        self._close()
+
+
+class SilentListener(BackgroundThread):
     """A TCP listener on 127.0.0.1 that accepts connections and never sends a byte.
 
     With ``hang_up`` it instead sends ``greeting`` (if any) and closes each
@@ -161,6 +197,7 @@ class SilentListener:
     """
 
     def __init__(self, *, hang_up: bool = False, greeting: bytes = b"") -> None:
+        super().__init__()
         self.hang_up = hang_up
         self.greeting = greeting
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -168,10 +205,8 @@ class SilentListener:
         self.sock.listen(16)
         self.port: int = self.sock.getsockname()[1]
         self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
+    def _run(self) -> None:
         self.sock.settimeout(0.1)
         while not self._stop.is_set():
             try:
@@ -186,18 +221,7 @@ class SilentListener:
                     conn.sendall(self.greeting)
                 conn.close()
 
-    def __enter__(self) -> SilentListener:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def _close(self) -> None:
         for conn in self.accepted:
             conn.close()
         self.sock.close()

@@ -26,10 +26,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 from fixtures.sshd import REQUIRE_ENV, SshdTarget, make_key, start_sshd
+from helpers_auth import BackgroundThread
 
 from svrctl.exceptions import ChannelClosedError, CommandTimedOutError
 from svrctl.shellwords import build_command
@@ -125,7 +125,7 @@ def _kill_leftovers(sshd: SshdTarget, pattern: str) -> None:
         sshd.run("kill -KILL " + " ".join(pids))
 
 
-class ProcessWatch:
+class ProcessWatch(BackgroundThread):
     """While a command runs, poll until processes with the given command lines show up.
 
     Proves the processes a timeout test expects to be killed really existed. The
@@ -134,14 +134,15 @@ class ProcessWatch:
     gone afterwards goes through the OpenSSH client.
     """
 
+    join_timeout = 30.0
+
     def __init__(self, pattern: str, expected: set[str]) -> None:
+        super().__init__()
         self.pattern = pattern
         self.expected = expected
         self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set() and not self.expected <= self.seen:
             found = subprocess.run(
                 ["pgrep", "-a", "-f", self.pattern], capture_output=True, text=True, check=False
@@ -149,19 +150,6 @@ class ProcessWatch:
             for line in found.stdout.splitlines():
                 self.seen.add(line.split(maxsplit=1)[1])
             self._stop.wait(0.05)
-
-    def __enter__(self) -> ProcessWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 # -------------------------------------------------------------------------- basics
