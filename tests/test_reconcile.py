@@ -14,17 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import Invoke
-from fixtures.runenv import RunEnv, make_run_env
-from fixtures.sshd import SshdTarget
+from fixtures.runenv import RunEnv
 
-from svrctl.db.engine import Database
 from svrctl.db.models import RunStatus, TaskHistory, utcnow
 from svrctl.execution.history import Outcome, begin_attempt, finish_attempt
 from svrctl.execution.reconcile import purge_history, reconcile_running
@@ -63,18 +59,6 @@ def row(env: RunEnv, row_id: int) -> TaskHistory:
         found = session.get(TaskHistory, row_id)
         assert found is not None
         return found
-
-
-@pytest.fixture
-def run_env(
-    svrctl: Invoke,
-    svrctl_env: Path,
-    database: Database,
-    sshd: SshdTarget,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> Iterator[RunEnv]:
-    yield from make_run_env(svrctl, svrctl_env, database, sshd, monkeypatch, tmp_path)
 
 
 # ----------------------------------------------------------------------------- unit
@@ -210,16 +194,9 @@ WORKER = (
 
 
 @pytest.fixture
-def env(
-    svrctl: Invoke,
-    svrctl_env: Path,
-    database: Database,
-    sshd: SshdTarget,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    prefect_api: str,
-) -> Iterator[RunEnv]:
-    yield from make_run_env(svrctl, svrctl_env, database, sshd, monkeypatch, tmp_path)
+def env(prefect_api: str, run_env: RunEnv) -> RunEnv:
+    """``run_env`` with the session's Prefect test server up (``PREFECT_API_URL`` set)."""
+    return run_env
 
 
 def start_worker(env: RunEnv, task_id: int, log: Path) -> subprocess.Popen[bytes]:

@@ -10,15 +10,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
-from conftest import Invoke
-from fixtures.runenv import RunEnv, make_run_env
-from fixtures.sshd import SshdTarget, free_port
+from fixtures.runenv import RunEnv
+from fixtures.sshd import free_port
 from prefect import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -29,7 +26,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, Log, State
 
-from svrctl.db.engine import Database
 from svrctl.db.models import utcnow
 from svrctl.execution.engine import TaskExecutionResult
 from svrctl.flows.run_task import run_task
@@ -38,16 +34,9 @@ pytestmark = pytest.mark.sshd
 
 
 @pytest.fixture
-def env(
-    svrctl: Invoke,
-    svrctl_env: Path,
-    database: Database,
-    sshd: SshdTarget,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    prefect_api: str,
-) -> Iterator[RunEnv]:
-    yield from make_run_env(svrctl, svrctl_env, database, sshd, monkeypatch, tmp_path)
+def env(prefect_api: str, run_env: RunEnv) -> RunEnv:
+    """``run_env`` with the session's Prefect test server up (``PREFECT_API_URL`` set)."""
+    return run_env
 
 
 def unique(prefix: str) -> str:

@@ -8,34 +8,24 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import Invoke
-from fixtures.runenv import RunEnv, make_run_env
-from fixtures.sshd import SshdTarget, free_port
+from fixtures.runenv import RunEnv
+from fixtures.sshd import free_port
 from prefect import get_client
 
 from svrctl import prefect_api as api
-from svrctl.db.engine import Database
 from svrctl.settings import Settings
 
 pytestmark = pytest.mark.sshd
 
 
 @pytest.fixture
-def env(
-    svrctl: Invoke,
-    svrctl_env: Path,
-    database: Database,
-    sshd: SshdTarget,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    prefect_api: str,
-) -> Iterator[RunEnv]:
-    yield from make_run_env(svrctl, svrctl_env, database, sshd, monkeypatch, tmp_path)
+def env(prefect_api: str, run_env: RunEnv) -> RunEnv:
+    """``run_env`` with the session's Prefect test server up (``PREFECT_API_URL`` set)."""
+    return run_env
 
 
 def flow_run_state(flow_run_id: str) -> str:
