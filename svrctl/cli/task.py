@@ -413,10 +413,81 @@ def history_cmd(app: App, name: str, limit: int, as_json: bool) -> None:
 @task.command("run")
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Run even if the task is disabled.")
+@click.option(
+    "--at",
+    "at",
+    metavar="WHEN",
+    help="Schedule one run through Prefect at WHEN ('YYYY-MM-DD HH:MM[:SS]' in the task's "
+    "time zone, ISO 8601 with an offset, or now+90s) and return.",
+)
+@click.option("--tz", "tz", metavar="ZONE", help="With --at: the zone of a naive WHEN.")
+@click.option("--via-prefect", is_flag=True, help="Run now through the task's deployment and wait.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    help="With --via-prefect: seconds to wait for the end (default 600; exit 3 after).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the TaskExecutionResult as JSON.")
 @pass_app
-def run_cmd(app: App, name: str, force: bool, as_json: bool) -> None:
-    """Run a task now, in this process, and show its result (exit 1 if it failed)."""
+def run_cmd(
+    app: App,
+    name: str,
+    force: bool,
+    as_json: bool,
+    at: str | None = None,
+    tz: str | None = None,
+    via_prefect: bool = False,
+    wait_timeout: float | None = None,
+) -> None:
+    """Run a task now and show its result (exit 1 if it failed).
+
+    By default it runs in this process; --via-prefect has a worker of the task's work
+    pool run it, and --at schedules it for later (see docs/deployments.md).
+    """
+    _check_run_options(at, tz, via_prefect, wait_timeout)
+    if at is not None:
+        from svrctl.oneoff import schedule_once
+
+        schedule_once(app, name, at, zone=tz, force=force, as_json=as_json)
+        return
+    if via_prefect:
+        from svrctl.oneoff import run_through_prefect
+
+        result = run_through_prefect(app, name, force=force, wait_timeout=wait_timeout)
+    else:
+        result = _run_in_process(app, name, force)
+    skipped = result.status == "skipped"  # the --only-if check said no: not a failure
+    if as_json:
+        echo_json(result.model_dump())
+    elif result.success:
+        click.echo(f"✓ success in {result.duration_ms} ms")
+    elif skipped:
+        reason = result.error or ""
+        click.echo(f"– {reason}" if reason.startswith("skipped") else f"– skipped: {reason}")
+    else:
+        click.echo(f"✗ {result.status} after {result.duration_ms} ms: {result.error}")
+    if not as_json and result.output:
+        click.echo(result.output.rstrip("\n"))
+    if not result.success and not skipped:
+        raise SystemExit(1)
+
+
+def _check_run_options(
+    at: str | None, tz: str | None, via_prefect: bool, wait_timeout: float | None
+) -> None:
+    """Refuse option combinations of ``task run`` that mean nothing."""
+    if tz is not None and at is None:
+        raise BadInputError("--tz applies only with --at WHEN", field="tz")
+    if wait_timeout is not None and (at is not None or not via_prefect):
+        raise BadInputError(
+            "--wait-timeout applies only with --via-prefect (a run scheduled with --at is "
+            "not waited for)",
+            field="wait-timeout",
+        )
+
+
+def _run_in_process(app: App, name: str, force: bool) -> Any:
+    """Run the task in this process (Prefect's engine, this process's API); return its result."""
     import asyncio
 
     from svrctl.prefect_api import choose_api
@@ -431,13 +502,4 @@ def run_cmd(app: App, name: str, force: bool, as_json: bool) -> None:
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
-    if as_json:
-        echo_json(result.model_dump())
-    elif result.success:
-        click.echo(f"✓ success in {result.duration_ms} ms")
-    else:
-        click.echo(f"✗ {result.status} after {result.duration_ms} ms: {result.error}")
-    if not as_json and result.output:
-        click.echo(result.output.rstrip("\n"))
-    if not result.success:
-        raise SystemExit(1)
+    return result
