@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from svrctl.settings import Settings
 
-__all__ = ["api_state_file", "choose_api", "healthy", "reload_prefect_settings", "remember_api"]
+__all__ = [
+    "ApiTarget",
+    "api_state_file",
+    "choose_api",
+    "find_api",
+    "healthy",
+    "reload_prefect_settings",
+    "remember_api",
+]
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 
@@ -55,6 +64,55 @@ def healthy(url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
     return response.status_code == 200
 
 
+@dataclass(frozen=True)
+class ApiTarget:
+    """The Prefect API to sync with, or why there is none.
+
+    Attributes:
+        url: The API URL that answered its health check, or None.
+        problem: Why there is no URL (None when there is one).
+        configured: False when no API is configured at all (no PREFECT_API_URL, no
+            Prefect profile URL and no server started by ``svrctl up``).
+    """
+
+    url: str | None
+    problem: str | None
+    configured: bool
+
+
+def _configured() -> str | None:
+    """PREFECT_API_URL from the environment, else from the active Prefect profile."""
+    return os.environ.get("PREFECT_API_URL") or _profile_api_url()
+
+
+def find_api(settings: Settings) -> ApiTarget:
+    """Find a Prefect API that answers: PREFECT_API_URL, else the one `svrctl up` runs.
+
+    The same order as :func:`choose_api`, but it changes nothing in this process and
+    never falls back to a temporary in-process API (deployments written there would
+    vanish): for `svrctl sync` and the automatic sync.
+
+    Args:
+        settings: svrctl's settings (for the file where `svrctl up` records its server).
+
+    Returns:
+        The API to use, or the reason there is none.
+    """
+    candidates = [u for u in (_configured(), _remembered(settings)) if u]
+    candidates = list(dict.fromkeys(candidates))
+    for url in candidates:
+        if healthy(url):
+            return ApiTarget(url, None, True)
+    if not candidates:
+        return ApiTarget(
+            None,
+            "no Prefect API is configured (set PREFECT_API_URL, or start one with `svrctl up`)",
+            False,
+        )
+    where = " or ".join(candidates)
+    return ApiTarget(None, f"the Prefect API at {where} does not answer", True)
+
+
 def choose_api(settings: Settings, warn: Callable[[str], None]) -> str | None:
     """Point this process at a reachable Prefect API and return it; None means ephemeral.
 
@@ -62,7 +120,7 @@ def choose_api(settings: Settings, warn: Callable[[str], None]) -> str | None:
     then the server `svrctl up` runs. With neither reachable, ``warn`` is told
     before Prefect's slow, temporary in-process API is used.
     """
-    configured = os.environ.get("PREFECT_API_URL") or _profile_api_url()
+    configured = _configured()
     if configured:
         if healthy(configured):
             return configured

@@ -13,7 +13,11 @@ difference:
   collision strategy follows the task's overlap policy;
 * one global concurrency limit ``svrctl-server-NAME`` per server with a
   ``max_concurrent`` setting, which the executor holds around each step on that server;
-* the work pools those deployments need (type ``svrctl``), when they are missing.
+* the work pools those deployments need (type ``svrctl``), when they are missing;
+* one Prefect automation per chained task (``svrctl task add B --after A --on ...``),
+  which runs B's deployment when a run of A's deployment ends that way (see
+  docs/chains.md). svrctl's automations carry the tag ``svrctl-chain`` and a name that
+  starts with ``svrctl chain:``; no other automation is ever read into the plan.
 
 Only deployments of ``run-task`` that carry the ``svrctl`` tag are managed: sync never
 updates or deletes any other deployment, and refuses to create a deployment whose name
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,9 +44,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from svrctl.db.engine import Database
-from svrctl.db.models import OverlapPolicy, Server, Task, TaskKind
+from svrctl.db.models import ChainOn, OverlapPolicy, Server, Task, TaskKind
 from svrctl.exceptions import BadInputError, SvrctlError
-from svrctl.prefect_api import api_state_file, healthy
+from svrctl.prefect_api import ApiTarget, find_api
 from svrctl.schedules import PrefectScheduleSpec, to_prefect_schedule
 from svrctl.settings import Settings
 
@@ -53,6 +56,9 @@ if TYPE_CHECKING:
     from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 
 __all__ = [
+    "CHAIN_EVENTS",
+    "CHAIN_PREFIX",
+    "CHAIN_TAG",
     "DEFAULT_WORK_POOL",
     "DEFAULT_WORK_QUEUE",
     "ENTRYPOINT",
@@ -62,12 +68,14 @@ __all__ = [
     "SERVER_LIMIT_PREFIX",
     "Action",
     "ApiTarget",
+    "ChainSpec",
     "DeploymentSpec",
     "Desired",
     "LimitSpec",
     "PrefectUnreachableError",
     "Scope",
     "SyncReport",
+    "chain_automation_name",
     "desired_state",
     "find_api",
     "require_api",
@@ -85,6 +93,22 @@ WORK_POOL_TYPE = "svrctl"
 DEFAULT_WORK_QUEUE = "default"
 SCHEDULE_SLUG = "svrctl"
 SERVER_LIMIT_PREFIX = "svrctl-server-"
+# A chain's automation: svrctl manages the automations with this tag whose name starts
+# with this prefix, and no other.
+CHAIN_TAG = "svrctl-chain"
+CHAIN_PREFIX = "svrctl chain: "
+# The flow-run state events (prefect.flow-run.<state name>) that end a run each way. A
+# run skipped by its --only-if check ends Completed with the name Skipped
+# (prefect.flow-run.Skipped): it starts no chain. A Cancelled run starts none either.
+_SUCCESS_EVENTS = frozenset({"prefect.flow-run.Completed"})
+_FAILURE_EVENTS = frozenset(
+    {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
+)
+CHAIN_EVENTS: dict[str, frozenset[str]] = {
+    ChainOn.SUCCESS.value: _SUCCESS_EVENTS,
+    ChainOn.FAILURE.value: _FAILURE_EVENTS,
+    ChainOn.ANY.value: _SUCCESS_EVENTS | _FAILURE_EVENTS,
+}
 # Rows per read request: Prefect's default and largest page (PREFECT_SERVER_API_DEFAULT_LIMIT).
 PAGE_SIZE = 200
 # Write requests in flight at once. Prefect's server (on SQLite above all) serialises
@@ -96,7 +120,7 @@ BUSY_FIRST_WAIT = 0.05
 BUSY_MAX_WAIT = 1.0
 
 Op = Literal["create", "update", "delete"]
-Kind = Literal["deployment", "concurrency-limit", "work-pool", "flow"]
+Kind = Literal["deployment", "concurrency-limit", "work-pool", "flow", "automation"]
 
 
 class PrefectUnreachableError(SvrctlError):
@@ -108,50 +132,6 @@ class PrefectUnreachableError(SvrctlError):
 # --- where Prefect is --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ApiTarget:
-    """The Prefect API to sync with, or why there is none.
-
-    Attributes:
-        url: The API URL that answered its health check, or None.
-        problem: Why there is no URL (None when there is one).
-        configured: False when no API is configured at all (no PREFECT_API_URL, no
-            Prefect profile URL and no server started by ``svrctl up``).
-    """
-
-    url: str | None
-    problem: str | None
-    configured: bool
-
-
-def find_api(settings: Settings) -> ApiTarget:
-    """Find a Prefect API that answers: PREFECT_API_URL, else the one `svrctl up` runs.
-
-    Unlike :func:`svrctl.prefect_api.choose_api`, never falls back to a temporary
-    in-process API: deployments written there would vanish.
-
-    Args:
-        settings: svrctl's settings (for the file where `svrctl up` records its server).
-
-    Returns:
-        The API to use, or the reason there is none.
-    """
-    configured = os.environ.get("PREFECT_API_URL") or _profile_api_url()
-    candidates = [u for u in (configured, _remembered_api(settings)) if u]
-    candidates = list(dict.fromkeys(candidates))
-    for url in candidates:
-        if healthy(url):
-            return ApiTarget(url, None, True)
-    if not candidates:
-        return ApiTarget(
-            None,
-            "no Prefect API is configured (set PREFECT_API_URL, or start one with `svrctl up`)",
-            False,
-        )
-    where = " or ".join(candidates)
-    return ApiTarget(None, f"the Prefect API at {where} does not answer", True)
-
-
 def require_api(settings: Settings) -> str:
     """Return the URL of a Prefect API that answers, or raise PrefectUnreachableError."""
     target = find_api(settings)
@@ -161,22 +141,6 @@ def require_api(settings: Settings) -> str:
             "PREFECT_API_URL at a running Prefect server, then run `svrctl sync` again."
         )
     return target.url
-
-
-def _profile_api_url() -> str | None:
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    return str(url) if url else None
-
-
-def _remembered_api(settings: Settings) -> str | None:
-    try:
-        data = json.loads(api_state_file(settings).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    url = data.get("url") if isinstance(data, dict) else None
-    return url if isinstance(url, str) and url else None
 
 
 # --- what the app database wants ---------------------------------------------------------
@@ -236,9 +200,50 @@ class LimitSpec:
     limit: int
 
 
+@dataclass(frozen=True)
+class ChainSpec:
+    """The automation of one chained task: run ``task`` when a run of ``after`` ends ``on``."""
+
+    task_id: int
+    task: str
+    after: str
+    on: str
+    enabled: bool
+
+    @property
+    def name(self) -> str:
+        """Return the automation's name."""
+        return chain_automation_name(self.task, self.after, self.on)
+
+    def summary(self) -> str:
+        """Describe the automation in one line for the plan."""
+        state = "" if self.enabled else ", disabled"
+        return f"runs {self.task} when a run of {self.after} {_ON_TEXT[self.on]}{state}"
+
+
+_ON_TEXT = {
+    ChainOn.SUCCESS.value: "succeeds",
+    ChainOn.FAILURE.value: "fails, crashes or times out",
+    ChainOn.ANY.value: "succeeds or fails",
+}
+
+
+def chain_automation_name(task: str, after: str, on: str) -> str:
+    """Return the name of the automation that runs ``task`` after ``after`` (``on``)."""
+    return f"{CHAIN_PREFIX}{task} after {after} ({on})"
+
+
 @dataclass
 class Desired:
-    """Everything the app database wants in Prefect (or in the scope of a partial sync)."""
+    """Everything the app database wants in Prefect (or in the scope of a partial sync).
+
+    Attributes:
+        chains: The automations wanted, by the id of the chained task.
+        chain_scope: The task ids whose automations are reconciled (None: all of them,
+            and every automation svrctl manages that no task wants is deleted).
+        related: Names of tasks outside ``deployments`` whose deployment ids the chains
+            need: they are read, never changed.
+    """
 
     deployments: dict[str, DeploymentSpec]
     limits: dict[str, LimitSpec] | None
@@ -246,6 +251,9 @@ class Desired:
     keep: set[str]
     scope: Scope | None
     task_names: frozenset[str]
+    chains: dict[int, ChainSpec] = field(default_factory=dict)
+    chain_scope: frozenset[int] | None = None
+    related: frozenset[str] = frozenset()
 
 
 def server_limit_name(server: str) -> str:
@@ -315,7 +323,50 @@ def desired_state(session: Session, scope: Scope | None = None) -> Desired:
                 name = server_limit_name(s.name)
                 limits[name] = LimitSpec(name, s.name, s.max_concurrent)
     names = frozenset(session.scalars(select(Task.name))) if scope is not None else frozenset()
-    return Desired(deployments, limits, problems, keep, scope, names)
+    chains, chain_scope = _chains(session, scope)
+    wanted_names = {c.task for c in chains.values()} | {c.after for c in chains.values()}
+    related = frozenset(wanted_names - set(deployments))
+    return Desired(deployments, limits, problems, keep, scope, names, chains, chain_scope, related)
+
+
+def _chains(
+    session: Session, scope: Scope | None
+) -> tuple[dict[int, ChainSpec], frozenset[int] | None]:
+    """Read the chained tasks (in a partial sync: the scope's tasks and those run after them)."""
+    if scope is None:
+        chained = list(session.scalars(select(Task).where(Task.after_task_id.is_not(None))))
+        chain_scope = None
+    else:
+        in_scope = set(scope.task_ids) | set(
+            session.scalars(select(Task.id).where(Task.name.in_(scope.names)))
+        )
+        # a task run after a task of the scope needs that task's (maybe new) deployment id
+        chained = list(
+            session.scalars(
+                select(Task).where(
+                    or_(Task.id.in_(in_scope), Task.after_task_id.in_(in_scope)),
+                    Task.after_task_id.is_not(None),
+                )
+            )
+        )
+        chain_scope = frozenset(in_scope | {t.id for t in chained})
+    others = {t.after_task_id for t in chained}
+    names: dict[int | None, str] = {
+        task_id: name
+        for task_id, name in session.execute(select(Task.id, Task.name).where(Task.id.in_(others)))
+    }
+    chains = {
+        t.id: ChainSpec(
+            task_id=t.id,
+            task=t.name,
+            after=names[t.after_task_id],
+            on=t.after_on or ChainOn.SUCCESS.value,
+            enabled=t.enabled,
+        )
+        for t in chained
+        if t.after_task_id in names
+    }
+    return chains, chain_scope
 
 
 def _tags(task: Task, server: Server | None) -> tuple[str, ...]:
@@ -351,10 +402,10 @@ class Action:
 
     Attributes:
         op: create, update or delete.
-        kind: deployment, concurrency-limit, work-pool or flow.
+        kind: deployment, concurrency-limit, work-pool, flow or automation.
         name: The object's name.
-        task: The task a deployment belongs to (None for other objects, or a
-            deployment whose task is gone).
+        task: The task a deployment or chain automation belongs to (None for other
+            objects, or one whose task is gone).
         id: The object's id in Prefect, when it exists.
         changes: For an update, the fields that differ.
         detail: A short description for the plan.
@@ -375,6 +426,7 @@ class Action:
     limit: int | None = field(default=None, repr=False)
     update: dict[str, Any] = field(default_factory=dict, repr=False)
     drop_schedules: list[str] = field(default_factory=list, repr=False)
+    body: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the action as JSON-ready data."""
@@ -398,6 +450,7 @@ class Action:
             "concurrency-limit": f"concurrency limit {self.name}",
             "work-pool": f"work pool {self.name}",
             "flow": f"flow {self.name}",
+            "automation": f"automation '{self.name}'",
         }[self.kind]
         extra = f": {', '.join(self.changes)}" if self.changes else ""
         detail = f" ({self.detail})" if self.detail else ""
@@ -415,7 +468,7 @@ class SyncReport:
         api_url: The Prefect API.
         dry_run: True when nothing was written.
         actions: The changes, in the order they were planned.
-        unchanged: Deployments and limits that already matched.
+        unchanged: Deployments, limits and chain automations that already matched.
         problems: Tasks that could not be synced, and why.
         reads: Read requests sent to Prefect.
         writes: Write requests sent to Prefect (0 for a dry run or a no-op).
@@ -532,11 +585,18 @@ class _Deployment:
 
 @dataclass
 class _Current:
-    """What Prefect holds."""
+    """What Prefect holds.
+
+    ``automations`` are svrctl's chain automations by the id of the task they run
+    (several when duplicated), ``stray`` those of them that run no task at all; both
+    are None when automations were not read.
+    """
 
     deployments: dict[str, _Deployment]
     limits: dict[str, GlobalConcurrencyLimitResponse] | None
     duplicates: list[_Deployment] = field(default_factory=list)
+    automations: dict[int, list[dict[str, Any]]] | None = None
+    stray: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -699,7 +759,12 @@ async def _sync(
                 desired = await reading
         else:
             desired = await asyncio.to_thread(read)
-            current = await _read_current(client, scope, set(desired.deployments))
+            current = await _read_current(
+                client,
+                scope,
+                set(desired.deployments) | desired.related,
+                automations=bool(desired.chain_scope),
+            )
         actions, unchanged = _plan(desired, current)
         creates = [a.name for a in actions if a.kind == "deployment" and a.op == "create"]
         problems = list(desired.problems)
@@ -735,11 +800,72 @@ async def _sync(
                 for a in actions
                 if a.kind == "deployment" and a.op == "create" and a.done and a.id
             }
+        # Chains last: their automations need the ids of the deployments just created.
+        ids = _deployment_ids_after(current, actions, dry_run)
+        chain_actions, chain_unchanged, chain_problems = _plan_chains(desired, current, ids)
+        report.actions += chain_actions
+        report.unchanged += chain_unchanged
+        report.problems += chain_problems
+        if not dry_run and chain_actions:
+            await _apply_automations(client, chain_actions, max_parallel)
     report.reads, report.writes = counter.reads, counter.writes
     return desired, report
 
 
-async def _read_current(client: PrefectClient, scope: Scope | None, wanted: set[str]) -> _Current:
+async def _read_current(
+    client: PrefectClient, scope: Scope | None, wanted: set[str], *, automations: bool = True
+) -> _Current:
+    if automations:
+        reading = asyncio.ensure_future(_read_chain_automations(client))
+        try:
+            current = await _read_current_deployments(client, scope, wanted)
+        finally:
+            current_automations, stray = await reading
+        current.automations, current.stray = current_automations, stray
+        return current
+    return await _read_current_deployments(client, scope, wanted)
+
+
+async def _read_chain_automations(
+    client: PrefectClient,
+) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Read svrctl's chain automations: by the task id they run, and those that run none."""
+    body = {"automations": {"tags": {"all_": [CHAIN_TAG]}}, "sort": "NAME_ASC"}
+    rows: list[dict[str, Any]] = []
+    while True:
+        response = await client.request(
+            "POST", "/automations/filter", json=body | {"limit": PAGE_SIZE, "offset": len(rows)}
+        )
+        page: list[dict[str, Any]] = response.json()
+        rows += page
+        if len(page) < PAGE_SIZE:
+            break
+    by_task: dict[int, list[dict[str, Any]]] = {}
+    stray: list[dict[str, Any]] = []
+    for row in rows:
+        if not str(row.get("name", "")).startswith(CHAIN_PREFIX):
+            continue  # tagged by someone else: not svrctl's
+        task_id = _chain_task_id(row)
+        if task_id is None:
+            stray.append(row)
+        else:
+            by_task.setdefault(task_id, []).append(row)
+    return by_task, stray
+
+
+def _chain_task_id(row: dict[str, Any]) -> int | None:
+    """Return the task id a chain automation runs (its run-deployment action's task_id)."""
+    for action in row.get("actions") or []:
+        if isinstance(action, dict) and action.get("type") == "run-deployment":
+            task_id = (action.get("parameters") or {}).get("task_id")
+            if isinstance(task_id, int) and not isinstance(task_id, bool):
+                return task_id
+    return None
+
+
+async def _read_current_deployments(
+    client: PrefectClient, scope: Scope | None, wanted: set[str]
+) -> _Current:
     limits: dict[str, GlobalConcurrencyLimitResponse] | None = None
     if scope is None:
         found = await _read_deployments(client, None, wanted)
@@ -995,6 +1121,191 @@ def _plan(desired: Desired, current: _Current) -> tuple[list[Action], int]:
     return actions, unchanged
 
 
+def _deployment_ids_after(
+    current: _Current, actions: list[Action], dry_run: bool
+) -> dict[str, str | None]:
+    """Each task's deployment id once the actions are applied (None: created by a dry run)."""
+    ids: dict[str, str | None] = {name: d.id for name, d in current.deployments.items()}
+    for a in actions:
+        if a.kind != "deployment" or not (a.done or dry_run):
+            continue
+        if a.op == "delete" and a.detail != "duplicate":
+            ids.pop(a.name, None)
+        elif a.op == "create":
+            ids[a.name] = a.id if not dry_run else None
+    return ids
+
+
+# A deployment id that a dry run does not know yet (the deployment would be created).
+_NEW_DEPLOYMENT = "00000000-0000-0000-0000-000000000000"
+
+
+def _plan_chains(
+    desired: Desired, current: _Current, ids: dict[str, str | None]
+) -> tuple[list[Action], int, list[str]]:
+    """Compare the chain automations: return the actions, the unchanged count and problems."""
+    if current.automations is None:
+        return [], 0, []
+    actions: list[Action] = []
+    problems: list[str] = []
+    unchanged = 0
+    if desired.chain_scope is None:
+        task_ids = set(current.automations) | set(desired.chains)
+        for row in current.stray:
+            actions.append(_delete_automation_action(row, None, "runs no task"))
+    else:
+        task_ids = set(desired.chain_scope)
+    for task_id in sorted(task_ids):
+        have = current.automations.get(task_id, [])
+        want = desired.chains.get(task_id)
+        if want is None:
+            actions += [_delete_automation_action(row, None, "no such chain") for row in have]
+            continue
+        lacking = [name for name in (want.after, want.task) if name not in ids]
+        if lacking:
+            problems.append(
+                f"the chain of task {want.task} was not synced: task {lacking[0]} has no "
+                "deployment in Prefect (run `svrctl sync`)"
+            )
+            continue
+        body = _automation_body(
+            want, ids[want.after] or _NEW_DEPLOYMENT, ids[want.task] or _NEW_DEPLOYMENT
+        )
+        actions += [_delete_automation_action(row, want.task, "duplicate") for row in have[1:]]
+        if not have:
+            actions.append(
+                Action(
+                    "create",
+                    "automation",
+                    want.name,
+                    task=want.task,
+                    detail=want.summary(),
+                    body=body,
+                )
+            )
+            continue
+        changes = _automation_changes(want, body, _automation_key(have[0]))
+        if not changes:
+            unchanged += 1
+            continue
+        only_enabled = changes in (["enabled"], ["disabled"])
+        actions.append(
+            Action(
+                "update",
+                "automation",
+                want.name,
+                task=want.task,
+                id=str(have[0]["id"]),
+                changes=changes,
+                body=None if only_enabled else body,
+                update={"enabled": want.enabled} if only_enabled else {},
+            )
+        )
+    return actions, unchanged, problems
+
+
+def _delete_automation_action(row: dict[str, Any], task: str | None, why: str) -> Action:
+    return Action(
+        "delete", "automation", str(row.get("name")), task=task, id=str(row["id"]), detail=why
+    )
+
+
+def _automation_body(chain: ChainSpec, after_id: str, task_id: str) -> dict[str, Any]:
+    """The chain's automation as JSON, in the form :func:`_automation_key` gives."""
+    from datetime import timedelta
+    from uuid import UUID
+
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    on_text = _ON_TEXT[chain.on]
+    automation = AutomationCore(
+        name=chain.name,
+        description=(
+            f"Runs the svrctl task {chain.task} (deployment {FLOW_NAME}/{chain.task}) when a "
+            f"run of the task {chain.after} ({FLOW_NAME}/{chain.after}) {on_text}: "
+            f"`svrctl task edit {chain.task} --after {chain.after} --on {chain.on}`. Kept "
+            "by `svrctl sync`, which undoes changes made here."
+        ),
+        enabled=chain.enabled,
+        tags=[CHAIN_TAG],
+        trigger=EventTrigger(
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {
+                    "prefect.resource.id": f"prefect.deployment.{after_id}",
+                    "prefect.resource.role": "deployment",
+                }
+            ),
+            after=set(),
+            expect=set(CHAIN_EVENTS[chain.on]),
+            for_each=set(),
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=UUID(task_id),
+                parameters={"task_id": chain.task_id},
+                job_variables=None,
+            )
+        ],
+        actions_on_trigger=[],
+        actions_on_resolve=[],
+    )
+    return _automation_key(automation.model_dump(mode="json"))
+
+
+def _automation_key(raw: dict[str, Any]) -> dict[str, Any]:
+    """Normalise an automation (as JSON) for comparing, and for sending to Prefect.
+
+    Drops what Prefect sets itself (ids, timestamps, the owner) and sorts the sets.
+    """
+    from prefect.events.schemas.automations import AutomationCore
+
+    try:
+        data: dict[str, Any] = AutomationCore.model_validate(raw).model_dump(mode="json")
+    except ValueError:  # not an automation svrctl could have written: it differs
+        return dict(raw)
+    data.pop("owner_resource", None)
+    data["tags"] = sorted(data.get("tags") or [])
+    trigger = data.get("trigger")
+    if isinstance(trigger, dict):
+        trigger.pop("id", None)
+        for key in ("after", "expect", "for_each"):
+            if isinstance(trigger.get(key), list):
+                trigger[key] = sorted(trigger[key])
+    return data
+
+
+def _automation_changes(chain: ChainSpec, want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    """Name what differs between the wanted and the current automation."""
+    changes: list[str] = []
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) == have.get(key):
+            continue
+        if key == "enabled":
+            changes.append("enabled" if chain.enabled else "disabled")
+        elif key == "trigger":
+            wt, ht = want.get(key) or {}, have.get(key) or {}
+            for part in sorted(set(wt) | set(ht)):
+                if wt.get(part) != ht.get(part):
+                    changes.append(
+                        {
+                            "expect": f"on {chain.on}",
+                            "match_related": f"deployment of {chain.after}",
+                        }.get(part, f"trigger {part}")
+                    )
+        elif key == "actions":
+            changes.append(f"run deployment of {chain.task}")
+        else:
+            changes.append(key)
+    return changes
+
+
 def _parameter_schema() -> dict[str, Any]:
     """The run-task flow's parameter schema, as `prefect deploy` would store it."""
     global _SCHEMA
@@ -1175,6 +1486,43 @@ async def _apply(
     )
 
 
+async def _apply_automations(
+    client: PrefectClient, actions: list[Action], max_parallel: int
+) -> None:
+    """Apply the chain automation actions, a few at a time."""
+    gate = asyncio.Semaphore(max_parallel)
+
+    async def run(a: Action) -> None:
+        async with gate:
+            await _guard(a, lambda: _apply_automation(client, a))
+
+    await asyncio.gather(*(run(a) for a in actions))
+
+
+async def _apply_automation(client: PrefectClient, a: Action) -> str | None:
+    import httpx
+
+    if a.op == "create":
+        response = await client.request("POST", "/automations/", json=a.body)
+        return str(response.json()["id"])
+    assert a.id is not None
+    path_params = {"id": a.id}
+    if a.op == "update":
+        if a.update:
+            await client.request(
+                "PATCH", "/automations/{id}", path_params=path_params, json=a.update
+            )
+        else:
+            await client.request("PUT", "/automations/{id}", path_params=path_params, json=a.body)
+        return None
+    try:
+        await client.request("DELETE", "/automations/{id}", path_params=path_params)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 404:  # already gone: that is what was wanted
+            raise
+    return None
+
+
 async def _guard(action: Action, call: Callable[[], Awaitable[Any]]) -> None:
     """Run one action's requests; record success or a short error."""
     try:
@@ -1183,7 +1531,11 @@ async def _guard(action: Action, call: Callable[[], Awaitable[Any]]) -> None:
         action.error = _error_text(exc)
         return
     action.done = True
-    if action.op == "create" and action.kind in ("deployment", "flow") and result is not None:
+    if (
+        action.op == "create"
+        and action.kind in ("deployment", "flow", "automation")
+        and result is not None
+    ):
         action.id = str(result)
 
 

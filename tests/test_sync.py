@@ -162,6 +162,21 @@ class Snapshot:
 
     deployments: dict[str, tuple[str, Any, bool, tuple[tuple[str, Any, bool], ...]]]
     limits: dict[str, tuple[str, Any, int]]
+    automations: dict[str, dict[str, Any]]
+
+
+def chain_automations(api: str) -> dict[str, dict[str, Any]]:
+    """svrctl's chain automations (with their ids), by name."""
+
+    async def read(client: PrefectClient) -> dict[str, dict[str, Any]]:
+        found = await client.read_automations()
+        return {
+            a.name: a.model_dump()
+            for a in found
+            if a.name.startswith("svrctl chain: ") and "svrctl-chain" in a.tags
+        }
+
+    return prefect(api, read)
 
 
 def snapshot(api: str) -> Snapshot:
@@ -181,6 +196,7 @@ def snapshot(api: str) -> Snapshot:
             for n, g in limits(api).items()
             if n.startswith("svrctl-")
         },
+        chain_automations(api),
     )
 
 
@@ -418,6 +434,8 @@ def test_a_no_op_resync_changes_nothing_in_prefect(sv: Invoke, api: str) -> None
         "queue",
     )
     ok(sv, "task", "add", "manual", "--local", "--command", "true")
+    # a chain: one automation, which a no-op sync leaves alone too
+    ok(sv, "task", "add", "next", "--local", "--command", "true", "--after", "manual")
     ok(
         sv,
         "task",
@@ -432,7 +450,7 @@ def test_a_no_op_resync_changes_nothing_in_prefect(sv: Invoke, api: str) -> None
         "UTC",
     )
     found = managed(api)
-    assert set(found) == {"daily", "often", "weekly", "manual", "years"}
+    assert set(found) == {"daily", "often", "weekly", "manual", "next", "years"}
     daily_runs = wait_runs(api, found["daily"].id, 3)
     often_runs = wait_runs(api, found["often"].id, 10)
     time.sleep(6)  # let the scheduler's loop for recently changed deployments pass
@@ -440,11 +458,13 @@ def test_a_no_op_resync_changes_nothing_in_prefect(sv: Invoke, api: str) -> None
     daily_runs = scheduled_runs(api, found["daily"].id)
     often_runs = scheduled_runs(api, found["often"].id)
     assert "svrctl-server-s1" in before.limits
+    assert list(before.automations) == ["svrctl chain: next after manual (success)"]
 
     for _ in range(2):
         report = sync_json(sv)
         assert (report["writes"], report["actions"], report["problems"]) == (0, [], [])
-        assert report["counts"]["unchanged"] == 6  # five deployments and one limit
+        # six deployments, one limit and one chain automation
+        assert report["counts"]["unchanged"] == 8
         r = ok(sv, "sync")
         assert "✓ nothing to change" in r.stdout
     time.sleep(6)
@@ -702,7 +722,7 @@ def test_without_any_prefect_api_only_a_waiting_schedule_gets_a_note(
     svrctl: Invoke, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    monkeypatch.setattr("svrctl.sync._profile_api_url", lambda: None)
+    monkeypatch.setattr("svrctl.prefect_api._profile_api_url", lambda: None)
     r = svrctl("task", "add", "t", "--local", "--command", "true", "--schedule", "@daily")
     assert r.exit_code == 0
     assert "no Prefect API is configured" in r.stderr and "svrctl sync" in r.stderr
