@@ -15,15 +15,17 @@ from prefect.context import FlowRunContext
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
 
-from svrctl.db.models import TriggeredBy, utcnow
+from svrctl.db.models import RunStatus, TriggeredBy, utcnow
 from svrctl.execution.cancel import run_sync_cancellable
 from svrctl.execution.engine import RunRequest, TaskExecutionResult, execute_task
 from svrctl.runtime import app_database, app_settings
 
-__all__ = ["run_task"]
+__all__ = ["SKIPPED_STATE_NAME", "run_task"]
 
 # Live output lines sent to the run log per run; the full output is in history.
 LIVE_LINE_CAP = 2000
+# Name of the COMPLETED state a skipped run ends in (event prefect.flow-run.Skipped).
+SKIPPED_STATE_NAME = "Skipped"
 
 
 def _run_name() -> str:
@@ -104,6 +106,19 @@ async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | S
         lambda cancel: execute_task(db, settings, replace(request, cancel=cancel))
     )
     await _artifacts(result)
+    return _final_state(result)
+
+
+def _final_state(result: TaskExecutionResult) -> State[Any]:
+    """Return the flow run's final state for ``result``.
+
+    A skipped run (the task's --only-if check said no) is neither a success nor a
+    failure: it ends COMPLETED but named ``Skipped``, so Prefect emits
+    ``prefect.flow-run.Skipped`` and automations that match ``prefect.flow-run.Completed``
+    (chains on success) do not fire for it.
+    """
+    if result.status == RunStatus.SKIPPED.value:
+        return Completed(name=SKIPPED_STATE_NAME, message=result.error or "skipped", data=result)
     if not result.success:
         return Failed(message=f"{result.status}: {result.error}", data=result)
     return Completed(message="success", data=result)
@@ -145,7 +160,8 @@ async def _artifacts(result: TaskExecutionResult) -> None:
             return rows, target, command
 
     rows, target, command = await anyio.to_thread.run_sync(load)
-    mark = "✓" if result.success else "✗"
+    skipped = result.status == RunStatus.SKIPPED.value
+    mark = "–" if skipped else ("✓" if result.success else "✗")
     tail = result.output[-4000:]
     fence = "~~~~"
     body = "\n".join(

@@ -5,6 +5,12 @@ scheduled run as ``missed``, honours the overlap policy, runs its step on every
 target with the task's timeout, retries failed targets with exponential backoff
 and jitter, writes one history row per attempt per target, and counts the run
 once in the task's stats.
+
+A task with an ``only_if`` check runs the check on each target first, with the
+step's runner and within the step's timeout: a non-zero exit records that target
+``skipped`` (with the check's output) and its step does not run. A skipped target
+is neither a success nor a failure: it is never retried and not counted among the
+servers that must succeed; a run whose every target skipped is ``skipped``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ WATCHDOG_GRACE_SECONDS = 5.0
 
 # Called with (server, stream, line) for each line of live output.
 LiveOutput = Callable[[str, str, str], None]
+
+# Outcomes a target is not retried after: it did its work, or its check said not to.
+_NOT_RETRIED = {RunStatus.SUCCESS, RunStatus.SKIPPED}
+# How much of an --only-if command an error message quotes.
+CHECK_QUOTE_CHARS = 200
 
 
 class TaskExecutionResult(BaseModel):
@@ -190,7 +201,7 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
         history_ids += ids
         outcomes = _run_attempt(db, task, pending, ids, request)
         results.update(outcomes)
-        failed = [t for t in pending if outcomes[t.name].status is not RunStatus.SUCCESS]
+        failed = [t for t in pending if outcomes[t.name].status not in _NOT_RETRIED]
         if not failed or attempt > task.retries or _cancelled(request):
             break
         delay = backoff_delay(task.retry_delay_seconds, attempt)
@@ -215,6 +226,8 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
         result.error = cancelled[0].error
     if result.success:
         log.info("Task %s completed successfully in %dms", task.name, result.duration_ms)
+    elif result.status == RunStatus.SKIPPED.value:
+        log.info("Task %s skipped: %s", task.name, _skip_reason(result.error, first=False))
     elif cancelled:
         log.warning("Task %s was %s, after %dms", task.name, result.error, result.duration_ms)
     else:
@@ -445,6 +458,32 @@ def _step(
         return _step_in_server_slot(task, target, request)
     timeout = task.timeout_seconds if timeout is None else timeout
     runner = target.make_runner()
+    checked_ms = 0
+    if task.only_if:
+        check_started = time.monotonic()
+        verdict = _check(task.only_if, target, runner, request, timeout)
+        if verdict is not None:
+            return verdict
+        checked_ms = int((time.monotonic() - check_started) * 1000)
+        if request.cancel is not None and request.cancel.cancelled:
+            return _cancelled_outcome(request.cancel, None, checked_ms)
+        timeout -= time.monotonic() - check_started
+        if timeout <= 0:
+            return Outcome(
+                RunStatus.TIMED_OUT,
+                error=f"the check `{_quote(task.only_if)}` passed on {target.name} but used "
+                f"the task's whole timeout ({task.timeout_seconds} s); the step did not run",
+                duration_ms=checked_ms,
+            )
+    outcome = _run_step(task, target, runner, request, timeout)
+    outcome.duration_ms += checked_ms
+    return outcome
+
+
+def _run_step(
+    task: Task, target: _Target, runner: CommandRunner, request: RunRequest, timeout: float
+) -> Outcome:
+    """Run the step itself (command or plugin) with ``runner``."""
     on_line = None
     if request.on_line is not None:
         live = request.on_line
@@ -458,6 +497,51 @@ def _step(
     request.log.info("Executing command on %s: %s", target.name, command)
     result = runner.run(command, timeout=timeout, on_line=on_line)
     return _outcome(result)
+
+
+def _check(
+    check: str, target: _Target, runner: CommandRunner, request: RunRequest, timeout: float
+) -> Outcome | None:
+    """Run the task's ``only_if`` check; None when it passed, else the target's outcome.
+
+    A non-zero exit is ``skipped`` (with the check's output); a check that could not
+    run (no connection, timeout, killed) is a failure of the run, never a skip.
+    """
+    request.log.info("Checking condition on %s: %s", target.name, check)
+    result = runner.run(check, timeout=timeout)
+    if result.success:
+        return None
+    quoted = _quote(check)
+    if result.timed_out:
+        status = RunStatus.TIMED_OUT
+        reason = f"the check `{quoted}` failed to run on {target.name}: {result.error_text}"
+    elif result.error is not None or result.exit_code is None:
+        status = RunStatus.FAILED
+        why = result.error_text or "it ended without an exit code"
+        reason = f"the check `{quoted}` failed to run on {target.name}: {why}"
+    else:
+        status = RunStatus.SKIPPED
+        reason = f"skipped: the check `{quoted}` exited {result.exit_code} on {target.name}"
+    parts = [p for p in (reason, result.stderr.rstrip("\n")) if p]
+    return Outcome(
+        status=status,
+        exit_code=result.exit_code,
+        output=result.stdout,
+        output_truncated=result.stdout_truncated,
+        output_bytes=result.stdout_bytes,
+        error="\n".join(parts),
+        error_truncated=result.stderr_truncated,
+        error_bytes=result.stderr_bytes,
+        duration_ms=result.duration_ms,
+    )
+
+
+def _quote(command: str) -> str:
+    """Return a command as an error message quotes it: one line, not too long."""
+    text = " ".join(command.split())
+    if len(text) > CHECK_QUOTE_CHARS:
+        text = text[: CHECK_QUOTE_CHARS - 1] + "…"
+    return text
 
 
 def _prefect_api_in_use() -> bool:
@@ -569,9 +653,11 @@ def _summarise(
     """Combine per-target outcomes into the run's result."""
     duration_ms = int((time.monotonic() - started) * 1000)
     ok = [t.name for t in targets if results[t.name].status is RunStatus.SUCCESS]
-    needed = task.min_success if task.min_success is not None else len(targets)
-    success = len(ok) >= needed
-    failed = [t.name for t in targets if t.name not in ok]
+    skipped = [t.name for t in targets if results[t.name].status is RunStatus.SKIPPED]
+    # a skipped target neither succeeded nor failed: it is not among those needed
+    needed = task.min_success if task.min_success is not None else len(targets) - len(skipped)
+    success = len(ok) >= needed and len(skipped) < len(targets)
+    failed = [t.name for t in targets if t.name not in ok and t.name not in skipped]
     if len(targets) == 1:
         only = results[targets[0].name]
         status = only.status
@@ -594,12 +680,26 @@ def _summarise(
     if success:
         status = RunStatus.SUCCESS
         error = None
+    elif len(skipped) == len(targets):
+        status = RunStatus.SKIPPED
+        first = "; ".join(f"{n}: {_skip_reason(results[n].error)}" for n in skipped)
+        error = f"skipped on all {len(targets)} servers: {first}"
+    elif not failed:
+        # some skipped, the rest succeeded, but fewer than min_success
+        status = RunStatus.FAILED
+        error = (
+            f"{len(ok)} of {len(targets)} servers succeeded and {len(skipped)} skipped "
+            f"({needed} needed to succeed): "
+            + "; ".join(f"{n}: {_skip_reason(results[n].error)}" for n in skipped)
+        )
     else:
         all_timeouts = all(results[n].status is RunStatus.TIMED_OUT for n in failed)
         status = RunStatus.TIMED_OUT if all_timeouts else RunStatus.FAILED
         first = "; ".join(f"{n}: {_first_line(results[n].error)}" for n in failed)
+        also = f", {len(skipped)} skipped" if skipped else ""
         error = (
-            f"{len(failed)} of {len(targets)} servers failed ({needed} needed to succeed): {first}"
+            f"{len(failed)} of {len(targets)} servers failed "
+            f"({needed} needed to succeed{also}): {first}"
         )
     codes = {results[t.name].exit_code for t in targets}
     return TaskExecutionResult(
@@ -618,3 +718,9 @@ def _summarise(
 
 def _first_line(text: str | None) -> str:
     return next((line.strip() for line in (text or "").splitlines() if line.strip()), "failed")
+
+
+def _skip_reason(text: str | None, *, first: bool = True) -> str:
+    """Return a skip message without its leading "skipped" (only its first line if ``first``)."""
+    reason = _first_line(text) if first else (text or "")
+    return reason.removeprefix("skipped: ").removeprefix("skipped ")

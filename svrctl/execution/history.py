@@ -109,7 +109,10 @@ def finish_attempt(db: Database, row_id: int, outcome: Outcome) -> None:
 
 def _fill(row: TaskHistory, outcome: Outcome) -> None:
     row.status = outcome.status.value
-    row.success = outcome.status is RunStatus.SUCCESS
+    # a skipped target (its --only-if check said no) is neither a success nor a failure
+    row.success = (
+        None if outcome.status is RunStatus.SKIPPED else outcome.status is RunStatus.SUCCESS
+    )
     row.exit_code = outcome.exit_code
     row.output = outcome.output
     row.output_truncated = outcome.output_truncated
@@ -160,7 +163,11 @@ def update_stats(
     finished_at: datetime,
     duration_ms: int,
 ) -> None:
-    """Count one finished run in the task's stats (one atomic UPDATE) and set its next run."""
+    """Count one finished run in the task's stats (one atomic UPDATE) and set its next run.
+
+    Every run counts in ``run_count``; ``skipped`` (and ``missed``, ``cancelled``)
+    count neither as a success nor as a failure.
+    """
     from svrctl.tasks import next_runs
 
     success = status is RunStatus.SUCCESS
