@@ -130,13 +130,13 @@ async def _artifacts(result: TaskExecutionResult) -> None:
 
     db = app_database()
 
-    def load() -> tuple[list[dict[str, Any]], str, str]:
+    def load() -> tuple[list[dict[str, Any]], str, str, bool]:
         from svrctl.db.models import Server, Task
 
         with db.read() as session:
             task = session.get(Task, result.task_id)
             if task is None:
-                return [], "", ""
+                return [], "", "", False
             server = session.get(Server, task.server_id) if task.server_id else None
             target = (
                 server.name
@@ -157,9 +157,9 @@ async def _artifacts(result: TaskExecutionResult) -> None:
                 }
                 for r in recent_history(session, task, 20)
             ]
-            return rows, target, command
+            return rows, target, command, task.plugin is not None and task.command is None
 
-    rows, target, command = await anyio.to_thread.run_sync(load)
+    rows, target, command, plugin = await anyio.to_thread.run_sync(load)
     skipped = result.status == RunStatus.SKIPPED.value
     mark = "–" if skipped else ("✓" if result.success else "✗")
     tail = result.output[-4000:]
@@ -177,11 +177,7 @@ async def _artifacts(result: TaskExecutionResult) -> None:
             f"| attempts | {result.attempts} |",
             "",
             *([f"**Error:** {_cell(result.error)}", ""] if result.error else []),
-            "Output (tail):",
-            "",
-            fence,
-            tail,
-            fence,
+            *(_plugin_body(result) if plugin else ["Output (tail):", "", fence, tail, fence]),
         ]
     )
     jobs = [acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}")]
@@ -194,6 +190,21 @@ async def _artifacts(result: TaskExecutionResult) -> None:
             )
         )
     await asyncio.gather(*jobs)
+
+
+def _plugin_body(result: TaskExecutionResult) -> list[str]:
+    """A plugin's findings as markdown: its own summary and details, then its metrics."""
+    lines = [result.output[-8000:], ""]
+    if result.metrics:
+        lines += ["**Metrics**", "", "| server | metric | value | unit | labels |"]
+        lines.append("|---|---|---|---|---|")
+        for m in result.metrics[:200]:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(m.get("labels", {}).items()))
+            lines.append(
+                f"| {_cell(m.get('server'))} | {_cell(m.get('name'))} | {m.get('value'):g} "
+                f"| {_cell(m.get('unit'))} | {_cell(labels)} |"
+            )
+    return lines
 
 
 def _cell(text: str | None) -> str:

@@ -415,13 +415,8 @@ def _rows(db: Database, flow_run_id: str) -> list[TaskHistory]:
 
 def _result(db: Database, target: _Target, run: FlowRun) -> PrefectRunResult:
     """Build the run's result from its history rows (the flow's own result is not kept)."""
-    from svrctl.db.models import Task
-
     state = run.state.type.value if run.state is not None else "CRASHED"
     rows = _rows(db, str(run.id))
-    with db.read() as session:
-        task = session.get(Task, target.task_id)
-        min_success = task.min_success if task is not None else None
     base: dict[str, Any] = {
         "task_id": target.task_id,
         "task_name": target.task_name,
@@ -470,17 +465,16 @@ def _result(db: Database, target: _Target, run: FlowRun) -> PrefectRunResult:
     error = None
     status = "success"
     if not success:
-        failed = [r for r in finals if r.status != "success"]
+        # The flow's Failed state says "<status>: <error>", the engine's own summary.
+        message = (run.state.message if run.state is not None else None) or ""
+        head, sep, rest = message.partition(": ")
+        from svrctl.db.models import RunStatus
+
+        known = {s.value for s in RunStatus}
         status = (
-            "timed_out"
-            if failed and all(r.status == "timed_out" for r in failed)
-            else ("cancelled" if state == "CANCELLED" else "failed")
+            head if sep and head in known else ("cancelled" if state == "CANCELLED" else "failed")
         )
-        needed = min_success if min_success is not None else len(finals)
-        first = "; ".join(f"{r.server_name}: {_first_line(r.error)}" for r in failed)
-        error = (
-            f"{len(failed)} of {len(finals)} servers failed ({needed} needed to succeed): {first}"
-        )
+        error = rest if sep and head in known else (message or f"the flow run ended {state}")
     return PrefectRunResult(
         **base,
         success=success,
@@ -496,7 +490,3 @@ def _duration_ms(rows: list[TaskHistory], run: FlowRun) -> int:
     if rows and ends:
         return int((max(ends) - min(r.started_at for r in rows)).total_seconds() * 1000)
     return int((run.total_run_time or timedelta()).total_seconds() * 1000)
-
-
-def _first_line(text: str | None) -> str:
-    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "failed")

@@ -29,6 +29,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginResult",
+    "action_of",
     "builtin_modules",
     "get_plugin",
     "plugin_names",
@@ -216,6 +217,14 @@ def get_plugin(name: str) -> type[Plugin]:
             field="plugin",
         )
     return registry[name]
+
+
+def action_of(plugin: type[Plugin], config: BaseModel) -> str:
+    """Return the action a run does: the config's ``action`` if it has one, else the first."""
+    action = getattr(config, "action", None)
+    if isinstance(action, str) and action in plugin.actions:
+        return action
+    return plugin.actions[0]
 
 
 def validate_config(plugin: type[Plugin], config: dict[str, Any] | None) -> BaseModel:

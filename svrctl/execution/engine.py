@@ -72,6 +72,10 @@ class TaskExecutionResult(BaseModel):
     task_name: str = ""
     attempts: int = 0
     history_ids: list[int] = Field(default_factory=list)
+    # a plugin run's figures (each with its "server") and whether it asks to notify
+    metrics: list[dict[str, Any]] = Field(default_factory=list)
+    notify: bool = False
+    priority: int | None = None
 
 
 @dataclass
@@ -219,6 +223,7 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
         pending = failed
 
     result = _summarise(task, targets, results, attempt, history_ids, started)
+    _plugin_findings(result, targets, results)
     cancelled = [o for o in results.values() if o.status is RunStatus.CANCELLED]
     if cancelled:
         result.success = False
@@ -364,6 +369,8 @@ def _run_attempt(
             outcome = Outcome(RunStatus.FAILED, error=f"{exc.__class__.__name__}: {exc}")
         finally:
             finish_attempt(db, row_id, outcome)
+        if outcome.metrics:
+            _record_metrics(db, task, target.name, outcome, request)
         return outcome
 
     if len(targets) == 1:
@@ -371,6 +378,25 @@ def _run_attempt(
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(targets))) as pool:
         outcomes = list(pool.map(one, targets, row_ids))
     return {t.name: o for t, o in zip(targets, outcomes, strict=True)}
+
+
+def _record_metrics(
+    db: Database, task: Task, server: str, outcome: Outcome, request: RunRequest
+) -> None:
+    """Store a plugin step's figures; a failure to store them never fails the run."""
+    from svrctl.metrics import record_metrics
+
+    try:
+        record_metrics(
+            db,
+            server=server,
+            plugin=task.plugin or "",
+            metrics=outcome.metrics,
+            task_id=task.id,
+            flow_run_id=request.flow_run_id,
+        )
+    except Exception as exc:
+        request.log.warning("Could not store the metrics of %s on %s: %s", task.name, server, exc)
 
 
 def _with_deadline(
@@ -624,14 +650,18 @@ def _outcome(result: CommandResult) -> Outcome:
 
 
 def _plugin_step(task: Task, runner: CommandRunner, request: RunRequest, timeout: float) -> Outcome:
-    from svrctl.plugin import PluginContext, get_plugin, validate_config
+    from svrctl.plugin import PluginContext, action_of, get_plugin, validate_config
 
     started = time.monotonic()
     plugin = get_plugin(task.plugin or "")
     config = validate_config(plugin, task.plugin_config)
-    request.log.info("Running plugin %s on %s", plugin.name, runner.name)
-    ctx = PluginContext(runner=runner, timeout=float(timeout), action=plugin.actions[0])
-    found = plugin().run(ctx, config)
+    action = action_of(plugin, config)
+    request.log.info("Running plugin %s (%s) on %s", plugin.name, action, runner.name)
+    ctx = PluginContext(runner=runner, timeout=float(timeout), action=action, log=request.log)
+    try:
+        found = plugin().run(ctx, config)
+    finally:
+        ctx.close()
     details = f"{found.summary}\n\n{found.details}".strip()
     return Outcome(
         status=RunStatus.SUCCESS if found.success else RunStatus.FAILED,
@@ -639,7 +669,22 @@ def _plugin_step(task: Task, runner: CommandRunner, request: RunRequest, timeout
         output_bytes=len(details.encode()),
         error=None if found.success else found.summary,
         duration_ms=int((time.monotonic() - started) * 1000),
+        metrics=list(found.metrics),
+        notify=found.notify,
+        priority=found.priority if found.notify else None,
     )
+
+
+def _plugin_findings(
+    result: TaskExecutionResult, targets: list[_Target], results: dict[str, Outcome]
+) -> None:
+    """Put each target's plugin figures and notification wish into the run's result."""
+    for t in targets:
+        outcome = results[t.name]
+        result.metrics += [{"server": t.name, **m.model_dump(mode="json")} for m in outcome.metrics]
+        if outcome.notify:
+            result.notify = True
+            result.priority = max(result.priority or 0, outcome.priority or 0) or None
 
 
 def _summarise(

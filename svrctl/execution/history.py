@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 
 from svrctl.db.engine import Database
 from svrctl.db.models import RunStatus, Task, TaskHistory, utcnow
+
+if TYPE_CHECKING:
+    from svrctl.plugin import Metric
 
 __all__ = [
     "Outcome",
@@ -33,6 +37,10 @@ class Outcome:
     error_truncated: bool = False
     error_bytes: int = 0
     duration_ms: int = 0
+    # what a plugin step found beyond its output
+    metrics: list[Metric] = field(default_factory=list)
+    notify: bool = False
+    priority: int | None = None
 
 
 def running_rows(db: Database, task_id: int) -> list[TaskHistory]:
