@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(
         default=30_000, ge=0, description="How long SQLite waits for a lock before failing."
     )
+    prefect_ui_url: str | None = Field(
+        default=None,
+        description="Prefect UI address for links in notifications (default: the API URL "
+        "without /api).",
+    )
+    notify_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="How long one notification may take before it counts as failed.",
+    )
 
     @field_validator("home", "ssh_key_dir", mode="after")
     @classmethod

@@ -249,6 +249,28 @@ class TaskSpec(BaseModel):
         title="On",
         description="With 'After': run on the other task's success (default), failure, or any end.",
     )
+    notify: list[str] | None = Field(
+        default=None,
+        title="Notify",
+        description="Notification channels of this task; empty means the default set.",
+    )
+    notify_after_failures: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        title="Notify after failures",
+        description="Announce a failure only after this many failed runs in a row.",
+    )
+    notify_remind_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=24 * 365,
+        title="Remind every (hours)",
+        description="While the task keeps failing, remind at most this often; empty: never.",
+    )
+    notify_on_success: bool = Field(
+        default=False, title="Notify on success", description="Also announce every success."
+    )
 
     @field_validator("name")
     @classmethod
@@ -261,6 +283,22 @@ class TaskSpec(BaseModel):
         if value is not None and "\0" in value:
             raise ValueError("the --only-if check may not contain a NUL byte")
         return value or None
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        if isinstance(value, list):
+            seen: list[str] = []
+            for name in value:
+                if not isinstance(name, str):
+                    raise ValueError("channel names must be strings")
+                check_name(name.strip(), "notification channel")
+                if name.strip() not in seen:
+                    seen.append(name.strip())
+            return seen or None
+        return value
 
     @field_validator("after")
     @classmethod

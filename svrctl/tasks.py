@@ -140,6 +140,8 @@ def _apply(session: Session, task: Task, spec: TaskSpec) -> None:
 
         validate_config(get_plugin(spec.plugin), spec.plugin_config)
     after_id = _chain_source(session, task.id, spec.name, spec.after)
+    if spec.notify:
+        _check_channels(session, spec.notify)
     for name in _DIRECT:
         value = getattr(spec, name)
         setattr(task, name, value.value if isinstance(value, enum.Enum) else value)
@@ -174,6 +176,20 @@ def _chain_source(
         if step is not None:
             seen.append(step.name)
     return source.id
+
+
+def _check_channels(session: Session, names: list[str]) -> None:
+    """Refuse notification channels that do not exist."""
+    from svrctl.db.models import NotifyChannel
+
+    known = set(session.scalars(select(NotifyChannel.name).where(NotifyChannel.name.in_(names))))
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise NotFoundError(
+            f"no notification channel named {', '.join(repr(n) for n in missing)}: "
+            "see `svrctl notify list`, or add one with `svrctl notify add`",
+            field="notify",
+        )
 
 
 def chained_after(session: Session, task: Task) -> list[str]:

@@ -72,6 +72,28 @@ def _task_options(func: F) -> F:
             type=click.Choice(["success", "failure", "any"]),
             help="With --after: run on its success (default), failure, or any end.",
         ),
+        click.option(
+            "--notify",
+            help="Notification channels NAME[,NAME] ('' for the default set).",
+        ),
+        click.option(
+            "--notify-after",
+            "notify_after_failures",
+            type=int,
+            help="Announce a failure after N failed runs in a row (default 1).",
+        ),
+        click.option(
+            "--notify-remind",
+            "notify_remind_hours",
+            type=float,
+            help="While still failing, remind at most every HOURS ('0' never, the default).",
+        ),
+        click.option(
+            "--notify-success/--no-notify-success",
+            "notify_on_success",
+            default=None,
+            help="Also announce successes.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print the task as JSON."),
     ]
     for opt in reversed(opts):
@@ -99,9 +121,15 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "only_if",
         "after",
         "after_on",
+        "notify",
+        "notify_after_failures",
+        "notify_on_success",
     ):
         if options.get(key) is not None:
             out[key] = options[key]
+    if options.get("notify_remind_hours") is not None:
+        hours = options["notify_remind_hours"]
+        out["notify_remind_hours"] = None if hours == 0 else hours
     if out.get("after") == "" and "after_on" not in out:
         out["after_on"] = None  # unchaining drops the chain's condition too
     if options.get("args_json") is not None:

@@ -26,8 +26,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "ChainOn",
+    "ChannelKind",
     "HostKeyPolicy",
     "MetricRow",
+    "NotificationLog",
+    "NotifyChannel",
     "OverlapPolicy",
     "RunStatus",
     "Server",
@@ -221,6 +224,15 @@ class Task(Base):
         ForeignKey("tasks.id", ondelete="RESTRICT"), index=True
     )
     after_on: Mapped[str | None] = mapped_column(String(16))
+    # notifications: channel names (None: the default set) and the policy
+    notify: Mapped[list[str] | None] = mapped_column(JSON)
+    notify_after_failures: Mapped[int] = mapped_column(default=1, server_default="1")
+    notify_remind_hours: Mapped[float | None]
+    notify_on_success: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # notification state: the failure streak and when it was last announced
+    failing_since: Mapped[datetime | None]
+    failure_streak: Mapped[int] = mapped_column(default=0, server_default="0")
+    failure_notified_at: Mapped[datetime | None]
     # stats
     run_count: Mapped[int] = mapped_column(default=0)
     success_count: Mapped[int] = mapped_column(default=0)
@@ -269,6 +281,52 @@ class TaskHistory(Base):
     finished_at: Mapped[datetime | None]
 
     task: Mapped[Task] = relationship(back_populates="history", lazy="raise")
+
+
+class ChannelKind(enum.StrEnum):
+    """How a notification channel delivers."""
+
+    GOTIFY = "gotify"
+    NTFY = "ntfy"
+    APPRISE = "apprise"
+
+
+class NotifyChannel(Base):
+    """Where notifications go; tokens are Prefect Secret block names, never values."""
+
+    __tablename__ = "notify_channels"
+
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    topic: Mapped[str | None] = mapped_column(String(255))
+    # Secret block holding the token (gotify, ntfy) or the whole URL (apprise)
+    secret: Mapped[str | None] = mapped_column(String(128))
+    priority: Mapped[int | None]
+    markdown: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    summaries: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class NotificationLog(Base):
+    """One delivery attempt of one notification to one channel."""
+
+    __tablename__ = "notification_log"
+    __table_args__ = (Index("ix_notification_log_time", "time"),)
+
+    channel: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tasks.id", ondelete="SET NULL"), index=True
+    )
+    task_name: Mapped[str | None] = mapped_column(String(64))
+    # failure, still_failing, recovery, success, finding, missed, summary or test
+    event: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    time: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MetricRow(Base):
