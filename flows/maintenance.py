@@ -1,17 +1,36 @@
-"""Housekeeping flows: reconcile runs left running by a dead process, purge old history."""
+"""Housekeeping flows: reconcile runs left running by a dead process, purge old history.
+
+Both flows have a static deployment in the ``svrctl`` work pool, declared in the
+repository's ``prefect.yaml`` (``prefect deploy --all``) and created by ``svrctl up``
+when missing (:func:`ensure_maintenance_deployments`). See docs/maintenance.md.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import anyio
-from prefect import flow, get_client, get_run_logger
+from prefect import Flow, flow, get_client, get_run_logger
 from prefect.exceptions import ObjectNotFound
 
 from svrctl.execution.reconcile import purge_history, reconcile_running
 from svrctl.runtime import app_database, app_settings
 
-__all__ = ["flow_run_state", "history_retention", "reconcile_runs"]
+__all__ = [
+    "MAINTENANCE_DEPLOYMENTS",
+    "MAINTENANCE_TAG",
+    "MaintenanceDeployment",
+    "ensure_maintenance_deployments",
+    "flow_run_state",
+    "history_retention",
+    "reconcile_runs",
+]
+
+# Not sync's managed tag ("svrctl"): `svrctl sync` never touches these deployments.
+MAINTENANCE_TAG = "svrctl-maintenance"
+SCHEDULE_SLUG = "svrctl"
 
 
 async def flow_run_state(flow_run_id: UUID) -> str | None:
@@ -40,3 +59,101 @@ async def history_retention(days: int | None = None) -> int:
     removed = await anyio.to_thread.run_sync(purge_history, app_database(settings), keep)
     get_run_logger().info("removed %d history row(s) older than %d days", removed, keep)
     return removed
+
+
+@dataclass(frozen=True)
+class MaintenanceDeployment:
+    """One static deployment of a maintenance flow, as prefect.yaml declares it.
+
+    Attributes:
+        flow_name: The flow's name in Prefect.
+        name: The deployment's name (its full name is ``flow_name/name``).
+        entrypoint: Module path of the flow in the installed package.
+        cron: 5-field cron expression of its schedule.
+        timezone: IANA time zone of the schedule.
+        description: What it does (shown in Prefect's UI).
+    """
+
+    flow_name: str
+    name: str
+    entrypoint: str
+    cron: str
+    timezone: str
+    description: str
+
+    @property
+    def full_name(self) -> str:
+        """Return ``flow/deployment``, as `prefect deployment run` takes it."""
+        return f"{self.flow_name}/{self.name}"
+
+
+# Keep equal to prefect.yaml (tests/test_prefect_yaml.py checks it).
+MAINTENANCE_DEPLOYMENTS = (
+    MaintenanceDeployment(
+        flow_name="history-retention",
+        name="svrctl",
+        entrypoint="svrctl.flows.maintenance:history_retention",
+        cron="30 3 * * *",
+        timezone="UTC",
+        description="Deletes finished run history older than SVRCTL_HISTORY_RETENTION_DAYS "
+        "(default 30) from the app database, daily.",
+    ),
+    MaintenanceDeployment(
+        flow_name="reconcile-runs",
+        name="svrctl",
+        entrypoint="svrctl.flows.maintenance:reconcile_runs",
+        cron="*/5 * * * *",
+        timezone="UTC",
+        description="Marks history rows crashed (or cancelled) whose Prefect flow run is over "
+        "or gone while the row still says running, every 5 minutes.",
+    ),
+)
+
+
+async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
+    """Create each maintenance deployment that is missing; return the full names created.
+
+    A deployment that exists is left exactly as it is (its schedule, pool, parameters
+    and paused state may have been changed on purpose), so this is idempotent and never
+    undoes a change made in Prefect's UI or by ``prefect deploy``.
+    """
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    flows: dict[str, Flow[Any, Any]] = {
+        "history-retention": history_retention,
+        "reconcile-runs": reconcile_runs,
+    }
+    created: list[str] = []
+    async with get_client() as client:
+        for spec in MAINTENANCE_DEPLOYMENTS:
+            try:
+                await client.read_deployment_by_name(spec.full_name)
+                continue
+            except ObjectNotFound:
+                pass
+            flow_id = await client.create_flow_from_name(spec.flow_name)
+            await client.create_deployment(
+                flow_id=flow_id,
+                name=spec.name,
+                entrypoint=spec.entrypoint,
+                description=spec.description,
+                tags=[MAINTENANCE_TAG],
+                parameters={},
+                parameter_openapi_schema=flows[spec.flow_name].parameters.model_dump(
+                    exclude_unset=True
+                ),
+                enforce_parameter_schema=True,
+                work_pool_name=pool,
+                work_queue_name="default",
+                pull_steps=[],
+                schedules=[
+                    DeploymentScheduleCreate(
+                        schedule=CronSchedule(cron=spec.cron, timezone=spec.timezone),
+                        active=True,
+                        slug=SCHEDULE_SLUG,
+                    )
+                ],
+            )
+            created.append(spec.full_name)
+    return created

@@ -2,7 +2,8 @@
 
 In order: a Prefect server on SQLite under ``SVRCTL_HOME`` (unless
 ``PREFECT_API_URL`` names one), the app database migrated, the work pool, the
-automation that crashes zombie runs, the demo task on first start, a sync of
+automation that crashes zombie runs, the maintenance deployments (history
+retention and reconciliation, created when missing), the demo task on first start, a sync of
 every task to its deployment, reconciliation of rows left running, and then the
 svrctl worker. Ctrl-C stops what it started.
 """
@@ -148,10 +149,14 @@ async def run_up(settings: Settings, options: UpOptions, echo: Echo) -> None:
 
 
 async def _prepare_prefect(settings: Settings, echo: Echo) -> None:
-    """Work pool, zombie automation, sync and reconciliation."""
+    """Work pool, zombie automation, maintenance deployments, sync and reconciliation."""
     from svrctl.automations import ensure_zombie_automation
     from svrctl.execution.reconcile import reconcile_running
-    from svrctl.flows.maintenance import flow_run_state
+    from svrctl.flows.maintenance import (
+        MAINTENANCE_DEPLOYMENTS,
+        ensure_maintenance_deployments,
+        flow_run_state,
+    )
     from svrctl.runtime import app_database
     from svrctl.sync import sync_all
     from svrctl.worker import ensure_work_pool
@@ -160,6 +165,13 @@ async def _prepare_prefect(settings: Settings, echo: Echo) -> None:
     echo(f"✓ work pool {DEFAULT_POOL}")
     if await ensure_zombie_automation():
         echo("✓ added the automation that marks runs without heartbeats Crashed")
+    # Created when missing, never updated: a schedule changed in Prefect stays changed.
+    created = await ensure_maintenance_deployments(DEFAULT_POOL)
+    if created:
+        echo(f"✓ added the maintenance deployments {', '.join(created)} (docs/maintenance.md)")
+    else:
+        names = ", ".join(d.full_name for d in MAINTENANCE_DEPLOYMENTS)
+        echo(f"✓ maintenance deployments {names}")
     plan = await sync_all(app_database(settings))
     echo(f"✓ synced tasks to deployments: {plan.summary()}")
     fixed = await reconcile_running(app_database(settings), flow_run_state)

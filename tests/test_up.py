@@ -93,6 +93,13 @@ def test_up_serves_runs_the_demo_and_stops_on_sigint(
     assert httpx.get(f"{ui}/api/health", timeout=10).json() is True
     lines.wait_for(f"added the demo task {DEMO_TASK}", timeout=1)
     lines.wait_for("next scheduled runs:", timeout=1)
+    # retention and reconciliation are scheduled without a separate `prefect deploy`
+    lines.wait_for("added the maintenance deployments", timeout=1)
+    for name in ("history-retention/svrctl", "reconcile-runs/svrctl"):
+        found = httpx.get(f"{ui}/api/deployments/name/{name}", timeout=10)
+        assert found.status_code == 200, name
+        assert found.json()["work_pool_name"] == "svrctl"
+        assert found.json()["schedules"][0]["active"] is True
 
     # The demo task runs on its schedule (every minute) through the worker.
     db = open_database(f"sqlite:///{up_env['SVRCTL_HOME']}/svrctl.db")
