@@ -17,11 +17,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", type=int, help="benchmark numbers to run")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/latest.json)")
     args = parser.parse_args()
-    wanted = set(args.only or [1, 5, 8])
+    wanted = set(args.only or [1, 3, 5, 8])
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = None
-        if wanted & {1, 2}:
+        if wanted & {1, 2, 3}:
             from svrctl.prefect_server import start_prefect_server
 
             print("starting a Prefect server ...", file=sys.stderr)
@@ -47,6 +47,11 @@ def main() -> int:
 
                 print("2 quick run latency ...", file=sys.stderr)
                 rows.append(quick_run.run(args.quick, server.api_url))
+            if 3 in wanted and server is not None:
+                from bench import schedule_accuracy
+
+                print("3 schedule accuracy ...", file=sys.stderr)
+                rows.append(schedule_accuracy.run(args.quick, server.api_url))
         finally:
             if server is not None:
                 server.stop()
