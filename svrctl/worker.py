@@ -29,7 +29,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -90,6 +90,10 @@ WARM_MODULES = (
 EVENTS_RETRY_SECONDS = 5.0
 # How often runs are checked for cancellation while Prefect's events stream is down.
 CANCELLATION_POLL_SECONDS = 5.0
+# A prefetched run is claimed (proposed Pending) only this long before it is due:
+# Pending takes the deployment's concurrency slot, and claiming a run the whole
+# prefetch window early would cancel (or queue) the run due just before it.
+CLAIM_LEAD_SECONDS = 0.5
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 WORKER_STOPPED = "the svrctl worker running it stopped"
 
@@ -456,6 +460,17 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
             if self._run_observer is not None:
                 self._run_observer.remove_in_flight_flow_run_id(flow_run.id)
         return SvrctlWorkerResult(identifier=identifier, status_code=code)
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Claim a prefetched run only when it is nearly due, then as Prefect's worker does.
+
+        While it waits the run stays Scheduled (it can still be cancelled or
+        deleted in Prefect), and this worker does not fetch it twice.
+        """
+        when = _scheduled_time(flow_run)
+        if when is not None:
+            await _sleep_until(when - timedelta(seconds=CLAIM_LEAD_SECONDS))
+        return await super()._propose_pending_state(flow_run)
 
     async def _run_job(
         self,

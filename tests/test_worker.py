@@ -313,6 +313,42 @@ def test_scheduled_run_starts_on_time(world: World) -> None:
     assert run.start_time is not None and run.start_time >= due - timedelta(seconds=1)
 
 
+def test_prefetched_runs_do_not_take_the_concurrency_slot_early(world: World) -> None:
+    """Two runs due 3 s apart under a limit of 1 (cancel new) both run, each on time.
+
+    The worker fetches both at once (10 s prefetch); claiming a run takes the
+    deployment's slot, so it must not claim the second before the first is done.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+
+    env = world.env
+    task_id = env.add_task(unique("tight"), "--local", "--command", "true")
+    asyncio.run(ensure_work_pool(world.pool))
+    deployment_id = world.client.create_deployment(
+        flow_id=world.client.create_flow_from_name("run-task"),
+        name=unique("tight"),
+        entrypoint=RUN_TASK_ENTRYPOINT,
+        parameters={"task_id": task_id},
+        work_pool_name=world.pool,
+        concurrency_limit=1,
+        concurrency_options=ConcurrencyOptions(
+            collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        ),
+    )
+    now = datetime.now(UTC)
+    dues = [now + timedelta(seconds=8), now + timedelta(seconds=11)]
+    run_ids = [world.trigger(deployment_id, state=Scheduled(scheduled_time=d)) for d in dues]
+    world.start_worker()
+    for run_id, due in zip(run_ids, dues, strict=True):
+        run = world.wait_final(run_id, timeout=60)
+        assert run.state is not None and run.state.type.value == "COMPLETED", (
+            f"{run.state_name}: {run.state.message if run.state else ''}\n{world.worker_log()}"
+        )
+        assert run.start_time is not None
+        assert due - timedelta(seconds=1) <= run.start_time <= due + timedelta(seconds=2)
+    assert len(world.wait_rows(task_id, count=2)) == 2
+
+
 def test_auto_scheduled_runs_are_schedule_runs_and_on_time(world: World) -> None:
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
