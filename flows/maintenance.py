@@ -53,11 +53,20 @@ async def reconcile_runs() -> int:
 
 @flow(name="history-retention", persist_result=False)
 async def history_retention(days: int | None = None) -> int:
-    """Delete finished history older than SVRCTL_HISTORY_RETENTION_DAYS (or ``days``)."""
+    """Delete finished history and metrics older than SVRCTL_HISTORY_RETENTION_DAYS (or ``days``).
+
+    Returns the number of history rows removed.
+    """
+    from svrctl.metrics import purge_metrics
+
     settings = app_settings()
     keep = days or settings.history_retention_days
-    removed = await anyio.to_thread.run_sync(purge_history, app_database(settings), keep)
-    get_run_logger().info("removed %d history row(s) older than %d days", removed, keep)
+    db = app_database(settings)
+    removed = await anyio.to_thread.run_sync(purge_history, db, keep)
+    figures = await anyio.to_thread.run_sync(purge_metrics, db, keep)
+    get_run_logger().info(
+        "removed %d history row(s) and %d metric(s) older than %d days", removed, figures, keep
+    )
     return removed
 
 

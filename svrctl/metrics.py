@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from svrctl.db.engine import Database
     from svrctl.plugin import Metric
 
-__all__ = ["metric_to_dict", "parse_since", "read_metrics", "record_metrics"]
+__all__ = ["metric_to_dict", "parse_since", "purge_metrics", "read_metrics", "record_metrics"]
 
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -92,6 +92,23 @@ def read_metrics(
         query = query.where(MetricRow.time >= since)
     query = query.order_by(MetricRow.time.desc(), MetricRow.id.desc()).limit(limit)
     return list(reversed(list(session.scalars(query))))
+
+
+def purge_metrics(db: Database, retention_days: int, batch: int = 10_000) -> int:
+    """Delete figures older than ``retention_days``, in batches; return how many."""
+    from sqlalchemy import delete
+
+    cutoff = utcnow() - timedelta(days=retention_days)
+    total = 0
+    while True:
+        with db.write() as session:
+            ids = list(
+                session.scalars(select(MetricRow.id).where(MetricRow.time < cutoff).limit(batch))
+            )
+            if not ids:
+                return total
+            session.execute(delete(MetricRow).where(MetricRow.id.in_(ids)))
+            total += len(ids)
 
 
 def metric_to_dict(row: MetricRow) -> dict[str, Any]:

@@ -110,3 +110,43 @@ def test_cli_bad_since(svrctl: Invoke) -> None:
     r = svrctl("metrics", "web-1", "--since", "soon")
     assert r.exit_code == 2
     assert "invalid --since 'soon'" in r.output
+
+
+def test_purge_keeps_recent_figures(database: Database) -> None:
+    from svrctl.metrics import purge_metrics
+
+    now = datetime.now(UTC)
+    for days in (40, 31, 29, 1):
+        record_metrics(
+            database,
+            server="web-1",
+            plugin="health",
+            metrics=[Metric(name="memory_percent", value=float(days))],
+            at=now - timedelta(days=days),
+        )
+    assert purge_metrics(database, 30, batch=1) == 2
+    with database.read() as session:
+        assert [r.value for r in read_metrics(session, "web-1")] == [29.0, 1.0]
+    assert purge_metrics(database, 30) == 0
+
+
+def test_history_retention_flow_purges_metrics_too(
+    prefect_api: str, svrctl: Invoke, database: Database
+) -> None:
+    import asyncio
+
+    from svrctl import runtime
+    from svrctl.flows.maintenance import history_retention
+
+    old = datetime.now(UTC) - timedelta(days=10)
+    record_metrics(
+        database, server="s", plugin="health", metrics=[Metric(name="x", value=1)], at=old
+    )
+    record_metrics(database, server="s", plugin="health", metrics=[Metric(name="x", value=2)])
+    runtime.reset()
+    try:
+        asyncio.run(history_retention(days=5))
+    finally:
+        runtime.reset()
+    with database.read() as session:
+        assert [r.value for r in read_metrics(session, "s")] == [2.0]
