@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from standins import bare_path, run_plugin
 
 from svrctl.exceptions import BadInputError
-from svrctl.local import LocalRunner
-from svrctl.plugin import PluginContext, PluginResult, get_plugin, validate_config
+from svrctl.plugin import PluginResult, get_plugin, validate_config
 from svrctl.plugins.docker import ignored, parse_size
 
 PS = [
@@ -121,11 +120,7 @@ esac
 
 
 def _run(config: dict[str, object]) -> PluginResult:
-    plugin = get_plugin("docker")
-    ctx = PluginContext(
-        runner=LocalRunner(output_limit=1_000_000, name="here"), timeout=60, action="health"
-    )
-    return plugin().run(ctx, validate_config(plugin, config))
+    return run_plugin("docker", config)
 
 
 def _no_deletes(log: Path) -> None:
@@ -191,13 +186,7 @@ def test_analysis_finds_old_unused_images_and_big_logs(docker: Path) -> None:
 
 
 def test_missing_docker_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for tool in ("bash", "sh", "env", "cat", "rm", "mktemp"):
-        target = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-        if target:
-            (bare / tool).symlink_to(target)
-    monkeypatch.setenv("PATH", str(bare))
+    bare_path(tmp_path, monkeypatch)
     result = _run({})
     assert not result.success
     assert result.summary.startswith("docker: the docker CLI is not installed on here")

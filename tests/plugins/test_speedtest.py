@@ -8,17 +8,14 @@ records the arguments it was given (the seam the plugin sees is the command line
 from __future__ import annotations
 
 import json
-import os
-import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from fixtures.runenv import RunEnv
+from standins import bare_path, first_on_path, run_plugin, stand_in
 
 from svrctl.exceptions import BadInputError
-from svrctl.local import LocalRunner
-from svrctl.plugin import PluginContext, PluginResult, get_plugin, validate_config
+from svrctl.plugin import PluginResult, get_plugin, validate_config
 from svrctl.plugins.speedtest import parse_output
 
 # `speedtest --format=json --accept-license --accept-gdpr` on a real host (one line).
@@ -75,9 +72,7 @@ SERVER = "Spectrum (Austin, TX, United States; id 16969)"
 def _stand_in(bindir: Path, script: str) -> Path:
     """Put a ``speedtest`` first on PATH that logs its arguments and then runs ``script``."""
     log = bindir / "calls.log"
-    path = bindir / "speedtest"
-    path.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{script}')
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    stand_in(bindir, "speedtest", f'echo "$*" >> {log}\n{script}')
     return log
 
 
@@ -89,18 +84,11 @@ def _prints(bindir: Path, record: dict[str, object]) -> Path:
 @pytest.fixture
 def bindir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory first on PATH for the stand-in CLI."""
-    path = tmp_path / "bin"
-    path.mkdir()
-    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
-    return path
+    return first_on_path(tmp_path, monkeypatch)
 
 
 def _run(config: dict[str, object], timeout: float = 60) -> PluginResult:
-    plugin = get_plugin("speedtest")
-    ctx = PluginContext(
-        runner=LocalRunner(output_limit=1_000_000, name="here"), timeout=timeout, action="check"
-    )
-    return plugin().run(ctx, validate_config(plugin, config))
+    return run_plugin("speedtest", config, timeout)
 
 
 def test_a_result_is_reported_in_mbps(bindir: Path) -> None:
@@ -163,13 +151,7 @@ def test_without_packet_loss_there_is_no_packet_loss_metric(bindir: Path) -> Non
 
 
 def test_a_missing_cli_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for tool in ("bash", "sh", "env", "id", "cat", "rm", "mktemp"):
-        target = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-        if target:
-            (bare / tool).symlink_to(target)
-    monkeypatch.setenv("PATH", str(bare))
+    bare_path(tmp_path, monkeypatch)
     result = _run({})
     assert not result.success and result.notify
     assert result.summary == (

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from fixtures.runenv import RunEnv
+from standins import bare_path, first_on_path, run_plugin, stand_in
 
 from svrctl.exceptions import BadInputError
-from svrctl.local import LocalRunner
-from svrctl.plugin import PluginContext, PluginResult, get_plugin, validate_config
+from svrctl.plugin import PluginResult, get_plugin, validate_config
 from svrctl.plugins.updates import parse_apt, parse_dnf, parse_pacman, split_check
 
 APT = """Reading package lists...
@@ -108,34 +107,21 @@ def test_check_with_real_apt_over_ssh(run_env: RunEnv) -> None:
 # ------------------------------------------------------------------ stand-ins on PATH
 
 
-def _stand_in(bindir: Path, name: str, script: str) -> None:
-    path = bindir / name
-    path.write_text("#!/bin/sh\n" + script)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-
-
 @pytest.fixture
 def bindir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory first on PATH for stand-in package managers; calls go to calls.log."""
-    path = tmp_path / "bin"
-    path.mkdir()
-    monkeypatch.setenv("PATH", f"{path}:{os.environ['PATH']}")
-    return path
+    return first_on_path(tmp_path, monkeypatch)
 
 
 def _run(config: dict[str, object]) -> PluginResult:
-    plugin = get_plugin("updates")
-    ctx = PluginContext(
-        runner=LocalRunner(output_limit=1_000_000, name="here"), timeout=60, action="check"
-    )
-    return plugin().run(ctx, validate_config(plugin, config))
+    return run_plugin("updates", config)
 
 
 def _fake_dnf(bindir: Path) -> Path:
     log = bindir / "calls.log"
     (bindir / "check.txt").write_text(DNF_CHECK)
     (bindir / "security.txt").write_text(DNF_SECURITY)
-    _stand_in(
+    stand_in(
         bindir,
         "dnf",
         f'echo "dnf $*" >> {log}\n'
@@ -183,7 +169,7 @@ def test_refresh_only_when_asked(bindir: Path) -> None:
 
 def test_pacman_check(bindir: Path) -> None:
     (bindir / "pending.txt").write_text(PACMAN)
-    _stand_in(bindir, "pacman", f'[ "$1" = -Qu ] && cat {bindir}/pending.txt\n')
+    stand_in(bindir, "pacman", f'[ "$1" = -Qu ] && cat {bindir}/pending.txt\n')
     result = _run({"manager": "pacman"})
     assert result.summary == "here: 2 updates pending (unknown security): linux, openssl"
     assert [m.name for m in result.metrics] == ["updates_pending"]
@@ -205,7 +191,7 @@ def test_apply_and_cleanup_run_only_when_asked(
 ) -> None:
     monkeypatch.delenv("DEBIAN_FRONTEND", raising=False)
     log = bindir / "calls.log"
-    _stand_in(bindir, "apt-get", f'echo "apt-get $* [$DEBIAN_FRONTEND]" >> {log}\n')
+    stand_in(bindir, "apt-get", f'echo "apt-get $* [$DEBIAN_FRONTEND]" >> {log}\n')
     result = _run({"manager": "apt", "action": action})
     assert result.success, result.summary
     assert result.summary == f"here: {action} with apt done"
@@ -214,7 +200,7 @@ def test_apply_and_cleanup_run_only_when_asked(
 
 
 def test_a_failing_apply_fails_and_notifies(bindir: Path) -> None:
-    _stand_in(bindir, "dnf", "echo 'Error: Failed to download metadata' >&2; exit 1\n")
+    stand_in(bindir, "dnf", "echo 'Error: Failed to download metadata' >&2; exit 1\n")
     result = _run({"manager": "dnf", "action": "apply"})
     assert not result.success and result.notify
     assert "apply failed on here" in result.summary
@@ -224,13 +210,7 @@ def test_a_failing_apply_fails_and_notifies(bindir: Path) -> None:
 def test_no_package_manager_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    for tool in ("bash", "sh", "env", "id", "cat", "rm", "mktemp"):
-        target = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-        if target:
-            (bare / tool).symlink_to(target)
-    monkeypatch.setenv("PATH", str(bare))
+    bare_path(tmp_path, monkeypatch)
     result = _run({})
     assert not result.success
     assert result.summary.startswith("updates: no apt-get, dnf or pacman on here")
