@@ -90,10 +90,12 @@ WARM_MODULES = (
 EVENTS_RETRY_SECONDS = 5.0
 # How often runs are checked for cancellation while Prefect's events stream is down.
 CANCELLATION_POLL_SECONDS = 5.0
-# A prefetched run is claimed (proposed Pending) only this long before it is due:
-# Pending takes the deployment's concurrency slot, and claiming a run the whole
-# prefetch window early would cancel (or queue) the run due just before it.
-CLAIM_LEAD_SECONDS = 0.5
+# A prefetched run is claimed (proposed Pending) only this long before it is due.
+# Pending takes the deployment's concurrency slot: claiming a run the whole prefetch
+# window early would cancel (or queue) it while the run due before it still holds
+# the slot. Claiming also sets the run up (several API calls), which must be done
+# by its time: 0.5 s left runs 1-2 s late when the server is busy, 2 s did not.
+CLAIM_LEAD_SECONDS = 2.0
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 WORKER_STOPPED = "the svrctl worker running it stopped"
 
