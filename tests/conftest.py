@@ -18,6 +18,7 @@ pytest_plugins = [
     "fixtures.prefect",
     "fixtures.prefect_server",
     "fixtures.runenv",
+    "fixtures.notify_listener",
 ]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

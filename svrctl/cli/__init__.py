@@ -8,6 +8,7 @@ from svrctl.cli.app import App, SvrctlGroup
 from svrctl.cli.cron import cron
 from svrctl.cli.db import db
 from svrctl.cli.metrics import metrics
+from svrctl.cli.notify import notify
 from svrctl.cli.plugin import plugin
 from svrctl.cli.secret import secret
 from svrctl.cli.server import server
@@ -34,6 +35,7 @@ cli.add_command(server)
 cli.add_command(task)
 cli.add_command(plugin)
 cli.add_command(metrics)
+cli.add_command(notify)
 cli.add_command(sync)
 cli.add_command(cron)
 cli.add_command(up)
