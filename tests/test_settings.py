@@ -92,3 +92,17 @@ def test_bad_settings_make_the_cli_exit_2(monkeypatch: pytest.MonkeyPatch) -> No
     r = CliRunner().invoke(cli, ["server", "list"])
     assert r.exit_code == 2
     assert "invalid settings: SVRCTL_TIMEZONE" in r.output
+
+
+def test_readme_lists_every_setting() -> None:
+    from pathlib import Path
+
+    from svrctl.settings import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [
+        f"SVRCTL_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`SVRCTL_{name.upper()}`" not in readme
+    ]
+    assert missing == []
