@@ -7,7 +7,7 @@ when missing (:func:`ensure_maintenance_deployments`). See docs/maintenance.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -81,6 +81,7 @@ class MaintenanceDeployment:
         cron: 5-field cron expression of its schedule.
         timezone: IANA time zone of the schedule.
         description: What it does (shown in Prefect's UI).
+        parameters: The flow's parameters for this deployment.
     """
 
     flow_name: str
@@ -89,6 +90,7 @@ class MaintenanceDeployment:
     cron: str
     timezone: str
     description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -116,6 +118,28 @@ MAINTENANCE_DEPLOYMENTS = (
         description="Marks history rows crashed (or cancelled) whose Prefect flow run is over "
         "or gone while the row still says running, every 5 minutes.",
     ),
+    MaintenanceDeployment(
+        flow_name="summary-report",
+        name="daily",
+        entrypoint="svrctl.flows.summary:summary_report",
+        cron="0 7 * * *",
+        timezone="UTC",
+        description="Sends the summary of the last 24 hours (runs, failures and success rate "
+        "per task, tasks failing now, slowest tasks, missed runs, next runs) to the "
+        "notification channels marked for summaries, daily.",
+        parameters={"period": "daily"},
+    ),
+    MaintenanceDeployment(
+        flow_name="summary-report",
+        name="weekly",
+        entrypoint="svrctl.flows.summary:summary_report",
+        cron="0 7 * * 1",
+        timezone="UTC",
+        description="Sends the summary of the last 7 days (runs, failures and success rate "
+        "per task, tasks failing now, slowest tasks, missed runs, next runs) to the "
+        "notification channels marked for summaries, on Mondays.",
+        parameters={"period": "weekly"},
+    ),
 )
 
 
@@ -129,9 +153,12 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule
 
+    from svrctl.flows.summary import summary_report
+
     flows: dict[str, Flow[Any, Any]] = {
         "history-retention": history_retention,
         "reconcile-runs": reconcile_runs,
+        "summary-report": summary_report,
     }
     created: list[str] = []
     async with get_client() as client:
@@ -148,7 +175,7 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
                 entrypoint=spec.entrypoint,
                 description=spec.description,
                 tags=[MAINTENANCE_TAG],
-                parameters={},
+                parameters=dict(spec.parameters),
                 parameter_openapi_schema=flows[spec.flow_name].parameters.model_dump(
                     exclude_unset=True
                 ),

@@ -19,6 +19,7 @@ from svrctl.db.models import RunStatus, TriggeredBy, utcnow
 from svrctl.execution.cancel import run_sync_cancellable
 from svrctl.execution.engine import RunRequest, TaskExecutionResult, execute_task
 from svrctl.runtime import app_database, app_settings
+from svrctl.settings import Settings
 
 __all__ = ["SKIPPED_STATE_NAME", "run_task"]
 
@@ -26,6 +27,8 @@ __all__ = ["SKIPPED_STATE_NAME", "run_task"]
 LIVE_LINE_CAP = 2000
 # Name of the COMPLETED state a skipped run ends in (event prefect.flow-run.Skipped).
 SKIPPED_STATE_NAME = "Skipped"
+# How long past the notification timeout a run waits for its notifications at most.
+NOTIFY_GRACE_SECONDS = 5.0
 
 
 def _run_name() -> str:
@@ -105,8 +108,37 @@ async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | S
     result = await run_sync_cancellable(
         lambda cancel: execute_task(db, settings, replace(request, cancel=cancel))
     )
-    await _artifacts(result)
+    # Notifications (after every history row is final) run in a thread beside the artifacts.
+    await asyncio.gather(_artifacts(result), _notify(settings, result, flow_run_id))
     return _final_state(result)
+
+
+async def _notify(settings: Settings, result: TaskExecutionResult, flow_run_id: str | None) -> None:
+    """Run the notification hook off the event loop; never fails, never waits for long.
+
+    The hook's own delivery is bounded by ``notify_timeout_seconds``; the flow stops
+    waiting for it NOTIFY_GRACE_SECONDS later whatever happens (the thread then
+    finishes on its own).
+    """
+    from svrctl.notify.after_run import notify_after_run, run_from_result
+
+    logger = get_run_logger()
+    db = app_database(settings)
+    try:
+        with anyio.move_on_after(settings.notify_timeout_seconds + NOTIFY_GRACE_SECONDS):
+            sent = await anyio.to_thread.run_sync(
+                lambda: notify_after_run(db, settings, run_from_result(result, flow_run_id)),
+                abandon_on_cancel=True,
+            )
+            for r in sent:
+                if r.ok:
+                    logger.info("Notification sent to %s", r.channel)
+                else:
+                    logger.warning("Notification to %s failed: %s", r.channel, r.error)
+            return
+        logger.warning("Notifications still sending after the timeout; the run goes on")
+    except Exception as exc:  # never fail the run for a notification
+        logger.warning("Notifications failed: %s", exc.__class__.__name__)
 
 
 def _final_state(result: TaskExecutionResult) -> State[Any]:

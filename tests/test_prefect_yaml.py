@@ -174,7 +174,7 @@ def test_prefect_yaml_declares_the_maintenance_deployments() -> None:
         assert entry["work_pool"] == {"name": POOL, "work_queue_name": "default"}
         assert entry["tags"] == [MAINTENANCE_TAG]
         assert MANAGED_TAG not in entry["tags"]  # sync must never think it owns them
-        assert entry["parameters"] == {}
+        assert entry["parameters"] == spec.parameters
         assert entry["schedules"] == [
             {"cron": spec.cron, "timezone": spec.timezone, "slug": "svrctl", "active": True}
         ]

@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from uuid import UUID
 
+import anyio
 from sqlalchemy import delete, select
 
 from svrctl.db.engine import Database
 from svrctl.db.models import RunStatus, TaskHistory, utcnow
 from svrctl.execution.history import update_stats
+from svrctl.settings import Settings
 
 __all__ = ["FlowRunState", "purge_history", "reconcile_running"]
 
@@ -23,10 +25,14 @@ FlowRunState = Callable[[UUID], Awaitable[str | None]]
 _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-async def reconcile_running(db: Database, state_of: FlowRunState) -> list[int]:
+async def reconcile_running(
+    db: Database, state_of: FlowRunState, settings: Settings | None = None
+) -> list[int]:
     """Mark ``crashed`` (or ``cancelled``) every running row whose flow run is over or gone.
 
-    Each affected run is counted once in its task's stats. Returns the row ids changed.
+    Each affected run is counted once in its task's stats, then goes through the
+    notification hook like a run that finished by itself (``settings`` default to the
+    process's). Returns the row ids changed.
     """
     with db.read() as session:
         rows = list(
@@ -57,11 +63,11 @@ async def reconcile_running(db: Database, state_of: FlowRunState) -> list[int]:
         )
         if _finish(db, row.id, status, f"{status.value}: {why} (the process running it died)"):
             changed[row.id] = status
-    counted: set[tuple[int, str]] = set()
+    counted: dict[tuple[int, str], list[TaskHistory]] = {}
     for row in rows:
         key = (row.task_id, row.flow_run_id or "")
         if row.id in changed and key not in counted:
-            counted.add(key)
+            counted[key] = []
             update_stats(
                 db,
                 row.task_id,
@@ -69,9 +75,45 @@ async def reconcile_running(db: Database, state_of: FlowRunState) -> list[int]:
                 finished_at=utcnow(),
                 duration_ms=int((utcnow() - row.started_at).total_seconds() * 1000),
             )
+        if row.id in changed:
+            counted[key].append(row)
     for row_id, status in changed.items():
         log.warning("history row %d marked %s", row_id, status.value)
+    for group in counted.values():
+        await _notify(db, settings, group, changed[group[0].id])
     return list(changed)
+
+
+async def _notify(
+    db: Database, settings: Settings | None, rows: list[TaskHistory], status: RunStatus
+) -> None:
+    """Run the notification hook for one run finished here; never raises."""
+    try:
+        from svrctl.notify.after_run import FinishedRun, notify_after_run
+
+        if settings is None:
+            from svrctl.runtime import app_settings
+
+            settings = app_settings()
+        first = rows[0]
+        run = FinishedRun(
+            task_id=first.task_id,
+            status=status.value,
+            flow_run_id=first.flow_run_id,
+            history_ids=[r.id for r in rows],
+            duration_ms=int((utcnow() - min(r.started_at for r in rows)).total_seconds() * 1000),
+            error=_error(db, first.id),
+            output="\n".join(r.output for r in rows if r.output),
+        )
+        await anyio.to_thread.run_sync(notify_after_run, db, settings, run)
+    except Exception as exc:
+        log.warning("cannot notify about a reconciled run: %s", exc.__class__.__name__)
+
+
+def _error(db: Database, row_id: int) -> str | None:
+    with db.read() as session:
+        row = session.get(TaskHistory, row_id)
+        return None if row is None else row.error
 
 
 def _finish(db: Database, row_id: int, status: RunStatus, error: str) -> bool:
