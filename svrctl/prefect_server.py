@@ -1,4 +1,8 @@
-"""Start and stop a local `prefect server start` process on SQLite under a home folder."""
+"""Start and stop a local `prefect server start` process with its files under a home folder.
+
+Its database is SQLite in that folder, unless PREFECT_SERVER_DATABASE_CONNECTION_URL
+(in the environment or ``extra_env``) names another, such as PostgreSQL.
+"""
 
 from __future__ import annotations
 

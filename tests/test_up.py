@@ -10,9 +10,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fixtures.postgres import PgDatabaseFactory
 from sqlalchemy import select
 
 from svrctl.db.engine import open_database
@@ -171,3 +173,196 @@ def test_up_refuses_a_dead_prefect_api_url(up_env: dict[str, str]) -> None:
     r = subprocess.run([SVRCTL, "up"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "no Prefect API answers there" in r.stderr
+
+
+# ------------------------------------------------------------------ svrctl up --postgres
+
+PASSWORD = "not-to-be-shown-7f3a"
+
+
+def _postgres_url(admin_url: str, database: str, password: str | None = None) -> str:
+    """A plain postgresql:// URL (what users type) for `database` on the test server."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url).set(drivername="postgresql", database=database)
+    if password is not None:
+        url = url.set(password=password)
+    return url.render_as_string(hide_password=False)
+
+
+def _tables(admin_url: str, database: str) -> set[str]:
+    from fixtures.postgres import connect_admin, with_database
+
+    with connect_admin(with_database(admin_url, database)) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_up_on_postgres_runs_prefect_and_the_app_there_and_stops_on_sigint(
+    up_env: dict[str, str], pg_database_factory: PgDatabaseFactory
+) -> None:
+    from fixtures.postgres import DB_PREFIX
+
+    admin = pg_database_factory.admin_url
+    name = f"{DB_PREFIX}{os.getpid()}_up"
+    for leftover in (name, f"{name}_prefect"):
+        pg_database_factory.drop(leftover)
+    port = free_port()
+    process = subprocess.Popen(
+        [SVRCTL, "up", "--port", str(port), "--postgres", _postgres_url(admin, name)],
+        env=up_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = Lines(process)
+    try:
+        # Both databases are missing: svrctl up creates them (the role has CREATEDB).
+        lines.wait_for("app database on PostgreSQL: postgresql+psycopg://svrctl:***@", 60)
+        assert f"/{name} (created)" in lines.wait_for("✓ app database on PostgreSQL", 1)
+        assert f"/{name}_prefect (created)" in lines.wait_for("✓ Prefect database on", 1)
+        lines.wait_for("svrctl is up", timeout=240)
+        ui = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{ui}/api/health", timeout=10).json() is True
+
+        # Prefect's own tables are in PostgreSQL, not in a SQLite file.
+        prefect_tables = _tables(admin, f"{name}_prefect")
+        assert {"flow_run", "deployment", "work_pool", "block_document"} <= prefect_tables
+        assert not (Path(up_env["SVRCTL_HOME"]) / "prefect" / "prefect.db").exists()
+        # The app database is migrated there, and nothing went to the SQLite default.
+        assert {"alembic_version", "tasks", "servers", "task_history"} <= _tables(admin, name)
+        assert not (Path(up_env["SVRCTL_HOME"]) / "svrctl.db").exists()
+
+        # The demo task runs on its schedule through the worker, recorded in PostgreSQL.
+        db = open_database(_postgres_url(admin, name))
+        deadline = time.monotonic() + 150
+        row = None
+        while time.monotonic() < deadline and row is None:
+            with db.read() as s:
+                task = s.scalars(select(Task).where(Task.name == DEMO_TASK)).one()
+                row = s.scalars(
+                    select(TaskHistory).where(
+                        TaskHistory.task_id == task.id, TaskHistory.status == "success"
+                    )
+                ).first()
+            time.sleep(1)
+        db.dispose()
+        assert row is not None, "\n".join(lines.lines)
+        assert row.triggered_by == "schedule"
+        assert "load average" in row.output
+        with connect_admin_to(admin, f"{name}_prefect") as conn:
+            states = conn.execute(
+                "SELECT state_type FROM flow_run WHERE id = %s", (row.flow_run_id,)
+            ).fetchall()
+        assert states, "the run's flow run is not in Prefect's PostgreSQL database"
+
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            code = process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("svrctl up did not stop:\n" + "\n".join(lines.lines)) from None
+        assert code == 0, "\n".join(lines.lines)
+        lines.wait_for("svrctl up stopped", timeout=5)
+        assert port_is_free(port), "the Prefect server is still listening"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for created in (name, f"{name}_prefect"):
+            pg_database_factory.drop(created)
+
+
+def connect_admin_to(admin_url: str, database: str) -> Any:
+    from fixtures.postgres import connect_admin, with_database
+
+    return connect_admin(with_database(admin_url, database))
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        (f"mysql://u:{PASSWORD}@db.lan/svrctl", "the scheme is 'mysql', not postgresql"),
+        (f"postgresql://u:{PASSWORD}@/svrctl", "the URL names no host"),
+        (f"postgresql://:{PASSWORD}@db.lan/svrctl", "the URL names no user"),
+        (f"postgresql://u:{PASSWORD}@db.lan", "the URL names no database"),
+        (f"postgresql://u:{PASSWORD}@db.lan/svr-ctl", "the database name 'svr-ctl' must be"),
+        (f"postgresql://u:{PASSWORD}@db.lan/svrctl?sslmode=require", "takes no ?options"),
+        (f"postgresql://u:{PASSWORD}@db.lan:port/svrctl", "not a database URL"),
+        ("db.lan/svrctl", "not a database URL"),
+    ],
+)
+def test_up_postgres_refuses_a_bad_url(up_env: dict[str, str], url: str, why: str) -> None:
+    r = subprocess.run(
+        [SVRCTL, "up", "--postgres", url], env=up_env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert "error: invalid postgres: " in r.stderr
+    assert why in r.stderr
+    assert "the form is postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE" in r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    assert not (Path(up_env["SVRCTL_HOME"]) / "prefect").exists()
+
+
+def test_up_postgres_fails_fast_when_the_server_is_unreachable(up_env: dict[str, str]) -> None:
+    dead = free_port()
+    started = time.monotonic()
+    r = subprocess.run(
+        [SVRCTL, "up", "--postgres", f"postgresql://svrctl:{PASSWORD}@127.0.0.1:{dead}/svrctl"],
+        env=up_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: cannot connect to PostgreSQL at 127.0.0.1:{dead}" in r.stderr
+    assert "Connection refused" in r.stderr
+    assert "Check that PostgreSQL runs" in r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    # Nothing was started: no Prefect server, no SQLite fallback.
+    assert "starting a Prefect server" not in r.stdout
+    assert not (Path(up_env["SVRCTL_HOME"]) / "prefect").exists()
+    assert time.monotonic() - started < 30
+
+
+def test_up_postgres_says_when_the_login_is_refused(
+    up_env: dict[str, str], pg_admin_url: str
+) -> None:
+    url = _postgres_url(pg_admin_url, "svrctl", password=PASSWORD)
+    r = subprocess.run(
+        [SVRCTL, "up", "--postgres", url], env=up_env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "error: cannot connect to PostgreSQL at " in r.stderr
+    assert "password authentication failed" in r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    assert not (Path(up_env["SVRCTL_HOME"]) / "prefect").exists()
+
+
+def test_up_checks_a_postgres_app_database_url_before_starting(up_env: dict[str, str]) -> None:
+    dead = free_port()
+    env = up_env | {"SVRCTL_DATABASE_URL": f"postgresql://svrctl:{PASSWORD}@127.0.0.1:{dead}/x"}
+    r = subprocess.run([SVRCTL, "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{dead}" in r.stderr
+    assert "(SVRCTL_DATABASE_URL)" in r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    assert not (Path(up_env["SVRCTL_HOME"]) / "prefect").exists()
+
+
+def test_up_postgres_refuses_conflicting_settings(up_env: dict[str, str]) -> None:
+    url = "postgresql://svrctl:x@127.0.0.1/svrctl"
+    env = up_env | {"SVRCTL_DATABASE_URL": "postgresql://svrctl:x@127.0.0.1/other"}
+    r = subprocess.run(
+        [SVRCTL, "up", "--postgres", url], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert "but SVRCTL_DATABASE_URL is already set" in r.stderr
+    env = up_env | {"PREFECT_API_URL": "http://127.0.0.1:1/api"}
+    r = subprocess.run(
+        [SVRCTL, "up", "--postgres", url], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert "but PREFECT_API_URL names another one" in r.stderr
