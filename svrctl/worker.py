@@ -93,9 +93,11 @@ CANCELLATION_POLL_SECONDS = 5.0
 # A prefetched run is claimed (proposed Pending) only this long before it is due.
 # Pending takes the deployment's concurrency slot: claiming a run the whole prefetch
 # window early would cancel (or queue) it while the run due before it still holds
-# the slot. Claiming also sets the run up (several API calls), which must be done
-# by its time: 0.5 s left runs 1-2 s late when the server is busy, 2 s did not.
-CLAIM_LEAD_SECONDS = 2.0
+# the slot. Claiming also sets the run up (several API calls, which a busy server
+# may answer only after the client's retry back-off of a few seconds), and that
+# must be done by its time: with 0.5 s or 2 s left, a third of the runs of
+# benchmark 3 started 4-13 s late; with 5 s, none more than 1 s.
+CLAIM_LEAD_SECONDS = 5.0
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 WORKER_STOPPED = "the svrctl worker running it stopped"
 
@@ -290,6 +292,7 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         self._jobs: dict[UUID, _Job] = {}
         self._flows: dict[str, Flow[Any, Any]] = {}
         self._flow_lock: asyncio.Lock | None = None
+        self._claim_lock: asyncio.Lock | None = None
         self._run_observer: FlowRunCancellingObserver | None = None
         self._watch_scope = anyio.CancelScope()
 
@@ -472,7 +475,12 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         when = _scheduled_time(flow_run)
         if when is not None:
             await _sleep_until(when - timedelta(seconds=CLAIM_LEAD_SECONDS))
-        return await super()._propose_pending_state(flow_run)
+        if self._claim_lock is None:
+            self._claim_lock = asyncio.Lock()
+        # One claim at a time: claims of runs due together contend for the server's
+        # database otherwise.
+        async with self._claim_lock:
+            return await super()._propose_pending_state(flow_run)
 
     async def _run_job(
         self,

@@ -314,7 +314,7 @@ def test_scheduled_run_starts_on_time(world: World) -> None:
 
 
 def test_prefetched_runs_do_not_take_the_concurrency_slot_early(world: World) -> None:
-    """Two runs due 5 s apart under a limit of 1 (cancel new) both run, each on time.
+    """Two runs due 8 s apart under a limit of 1 (cancel new) both run, each on time.
 
     The worker fetches both at once (10 s prefetch); claiming a run takes the
     deployment's slot, so it must not claim the second before the first is done.
@@ -336,7 +336,7 @@ def test_prefetched_runs_do_not_take_the_concurrency_slot_early(world: World) ->
         ),
     )
     now = datetime.now(UTC)
-    dues = [now + timedelta(seconds=8), now + timedelta(seconds=13)]
+    dues = [now + timedelta(seconds=8), now + timedelta(seconds=16)]
     run_ids = [world.trigger(deployment_id, state=Scheduled(scheduled_time=d)) for d in dues]
     world.start_worker()
     for run_id, due in zip(run_ids, dues, strict=True):
