@@ -16,6 +16,7 @@ __all__ = [
     "choose_api",
     "find_api",
     "healthy",
+    "refusal",
     "reload_prefect_settings",
     "remember_api",
 ]
@@ -47,16 +48,46 @@ def _remembered(settings: Settings) -> str | None:
     return url if isinstance(url, str) and url else None
 
 
+def _auth_headers() -> dict[str, str]:
+    """Basic auth from PREFECT_API_AUTH_STRING, as Prefect's own client sends it."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        return {}
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def refusal(url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> str | None:
+    """Say why a Prefect API that is up refuses this client (e.g. its auth), or None.
+
+    The health check needs no credentials, so a missing or wrong
+    PREFECT_API_AUTH_STRING shows only on a request that does.
+    """
+    import httpx
+
+    try:
+        response = httpx.get(
+            url.rstrip("/") + "/admin/version", timeout=timeout, headers=_auth_headers()
+        )
+    except httpx.HTTPError:
+        return None  # reachability is the health check's business
+    if response.status_code == 401:
+        given = "a wrong" if os.environ.get("PREFECT_API_AUTH_STRING") else "no"
+        return (
+            f"it asks for a user and password, and this machine sends {given} one: set "
+            "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (USER:PASSWORD)"
+        )
+    if response.status_code >= 400:
+        return f"it answers HTTP {response.status_code} to an API request"
+    return None
+
+
 def healthy(url: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> bool:
     """Tell whether a Prefect API answers its health check."""
     import httpx
 
-    auth = os.environ.get("PREFECT_API_AUTH_STRING")
-    headers = {}
-    if auth:
-        import base64
-
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    headers = _auth_headers()
     try:
         response = httpx.get(url.rstrip("/") + "/health", timeout=timeout, headers=headers)
     except httpx.HTTPError:

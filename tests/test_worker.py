@@ -573,6 +573,36 @@ def test_svrctl_worker_fails_fast_without_a_schema(
     assert took < 15
 
 
+def test_svrctl_worker_fails_fast_when_the_api_refuses_its_auth(tmp_path: Path) -> None:
+    """The health check needs no password: the worker must try one that does."""
+    from svrctl.prefect_server import start_prefect_server
+
+    server = start_prefect_server(
+        tmp_path / "prefect-auth", extra_env={"PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret"}
+    )
+    empty = tmp_path / "empty.db"
+    base = {"PREFECT_API_URL": server.api_url, "SVRCTL_DATABASE_URL": f"sqlite:///{empty}"}
+    try:
+        for auth, says in ((None, "sends no one"), ("admin:wrong", "sends a wrong one")):
+            extra = base | ({"PREFECT_API_AUTH_STRING": auth} if auth else {})
+            result, took = _svrctl_worker(_cli_env(tmp_path, **extra))
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert f"error: the Prefect API at {server.api_url} refuses this worker" in (
+                result.stderr
+            )
+            assert says in result.stderr and "PREFECT_API_AUTH_STRING" in result.stderr
+            assert "s3cret" not in result.stdout + result.stderr
+            assert took < 15
+        # the right password passes the API check; the empty database is next
+        good = base | {"PREFECT_API_AUTH_STRING": "admin:s3cret"}
+        result, _ = _svrctl_worker(_cli_env(tmp_path, **good))
+        assert result.returncode == 2
+        assert "refuses" not in result.stderr
+        assert "has no svrctl schema yet" in result.stderr
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------------------- cancelling steps
 
 

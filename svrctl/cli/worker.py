@@ -53,7 +53,7 @@ def _not_ready(message: str) -> click.exceptions.Exit:
 
 def _check_api(app: App) -> str:
     """Return the Prefect API the worker will use; exit 2 if none answers."""
-    from svrctl.prefect_api import choose_api, healthy
+    from svrctl.prefect_api import choose_api, healthy, refusal
 
     notes: list[str] = []
     url = choose_api(app.settings, notes.append)
@@ -67,6 +67,9 @@ def _check_api(app: App) -> str:
             f"the Prefect API at {url} does not answer: start that Prefect server, or point "
             "PREFECT_API_URL at one that runs (`svrctl up` runs one on this machine)"
         )
+    problem = refusal(url)
+    if problem is not None:
+        raise _not_ready(f"the Prefect API at {url} refuses this worker: {problem}")
     return url
 
 
