@@ -17,11 +17,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", type=int, help="benchmark numbers to run")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/latest.json)")
     args = parser.parse_args()
-    wanted = set(args.only or [1, 3, 5, 8])
+    wanted = set(args.only or [1, 3, 4, 5, 8])
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = None
-        if wanted & {1, 2, 3}:
+        if wanted & {1, 2, 3, 4}:
             from svrctl.prefect_server import start_prefect_server
 
             print("starting a Prefect server ...", file=sys.stderr)
@@ -42,6 +42,11 @@ def main() -> int:
 
                 print("1 engine overhead ...", file=sys.stderr)
                 rows.append(engine_overhead.run(args.quick, server.api_url))
+            if 4 in wanted and server is not None:
+                from bench import fanout
+
+                print("4 fan-out ...", file=sys.stderr)
+                rows.append(fanout.run(args.quick, server.api_url))
             if 2 in wanted and server is not None:
                 from bench import quick_run
 

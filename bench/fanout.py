@@ -1,0 +1,157 @@
+"""Fan-out: one command on 50 servers vs 50 raw paramiko connect+exec in a bounded pool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.common import Row, median
+
+GOAL = 1.3
+SERVERS = 50
+
+
+def _raw_one(host: str, port: int, user: str, key: Path, known_hosts: Path) -> int:
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.connect(host, port=port, username=user, key_filename=str(key),
+                   look_for_keys=False, allow_agent=False)  # fmt: skip
+    try:
+        _, stdout, _ = client.exec_command("true")
+        return stdout.channel.recv_exit_status()
+    finally:
+        client.close()
+
+
+def run(quick: bool, prefect_api: str) -> Row:
+    """Run the tag task and the raw baseline alternately; every run connects afresh."""
+    from fixtures.sshd import start_sshd
+
+    from svrctl.execution.engine import MAX_PARALLEL
+
+    repeat = 2 if quick else 5
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        sshd = start_sshd(work / "sshd", extra_config=["MaxStartups 200:30:400"])
+        try:
+            home = work / "home"
+            os.environ |= {
+                "SVRCTL_HOME": str(home),
+                "SVRCTL_TIMEZONE": "UTC",
+                "PREFECT_API_URL": prefect_api,
+                "PREFECT_LOGGING_LEVEL": "WARNING",
+            }
+            os.environ.pop("SVRCTL_DATABASE_URL", None)
+            from svrctl import runtime
+            from svrctl.db.migrate import upgrade
+            from svrctl.servers import add_server
+            from svrctl.specs import ServerSpec, TaskSpec
+            from svrctl.tasks import add_task
+
+            runtime.reset()
+            settings = runtime.app_settings()
+            upgrade(settings.resolved_database_url)
+            settings.ensure_home()
+            known_hosts = home / "known_hosts"
+            known_hosts.write_text(sshd.host_key_line + "\n")
+            with runtime.app_database().write() as s:
+                for i in range(SERVERS):
+                    add_server(
+                        s,
+                        ServerSpec(
+                            name=f"fan-{i:02d}",
+                            host=sshd.host,
+                            port=sshd.port,
+                            username=sshd.username,
+                            key_path=str(sshd.user_key),
+                            tags=["fan"],
+                        ),
+                    )
+                task_id = add_task(
+                    s,
+                    TaskSpec(
+                        name="fan-true",
+                        kind="ssh",
+                        tag="fan",
+                        command="true",
+                        timezone="UTC",
+                        overlap_policy="queue",
+                    ),
+                ).id
+            from svrctl.flows.run_task import run_task
+            from svrctl.ssh.pool import default_pool
+
+            async def ours() -> tuple[float, int]:
+                default_pool.close_idle()  # connect afresh, like the baseline
+                start = time.perf_counter()
+                state = await run_task(task_id=task_id, return_state=True)
+                elapsed = time.perf_counter() - start
+                result = await state.aresult(raise_on_failure=False)
+                ok = getattr(result, "output", "").count(": success ==")
+                return elapsed, ok
+
+            def raw() -> tuple[float, int]:
+                start = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
+                    codes = list(
+                        pool.map(
+                            lambda _: _raw_one(
+                                sshd.host, sshd.port, sshd.username, sshd.user_key, known_hosts
+                            ),
+                            range(SERVERS),
+                        )
+                    )
+                return time.perf_counter() - start, codes.count(0)
+
+            async def measure() -> tuple[list[float], list[float], list[int], list[int]]:
+                await ours()  # warm-up
+                raw()
+                mine, base, ok_mine, ok_base = [], [], [], []
+                for _ in range(repeat):
+                    t, ok = await ours()
+                    mine.append(t)
+                    ok_mine.append(ok)
+                    t, ok = raw()
+                    base.append(t)
+                    ok_base.append(ok)
+                return mine, base, ok_mine, ok_base
+
+            mine, base, ok_mine, ok_base = asyncio.run(measure())
+            with runtime.app_database().read() as s:
+                from sqlalchemy import func, select
+
+                from svrctl.db.models import TaskHistory
+
+                rows = s.scalar(
+                    select(func.count())
+                    .select_from(TaskHistory)
+                    .where(TaskHistory.status == "success")
+                )
+        finally:
+            sshd.stop()
+    ratio = median(mine) / median(base)
+    recorded = rows == SERVERS * (repeat + 1) and all(ok == SERVERS for ok in ok_mine)
+    return Row(
+        name=f"4 fan-out (`true` on {SERVERS} servers, bound {MAX_PARALLEL})",
+        baseline=f"raw paramiko pool {median(base) * 1000:.0f} ms",
+        ours=f"{median(mine) * 1000:.0f} ms",
+        figure=f"{ratio:.2f}x",
+        goal=f"<= {GOAL}x, every host recorded",
+        met=ratio <= GOAL and recorded,
+        details={
+            "repeat": repeat,
+            "servers": SERVERS,
+            "bound": MAX_PARALLEL,
+            "ours_ms": [round(t * 1000) for t in mine],
+            "baseline_ms": [round(t * 1000) for t in base],
+            "hosts_ok_ours": ok_mine,
+            "hosts_ok_baseline": ok_base,
+            "success_rows": rows,
+        },
+    )
