@@ -548,18 +548,7 @@ def _check(
     else:
         status = RunStatus.SKIPPED
         reason = f"skipped: the check `{quoted}` exited {result.exit_code} on {target.name}"
-    parts = [p for p in (reason, result.stderr.rstrip("\n")) if p]
-    return Outcome(
-        status=status,
-        exit_code=result.exit_code,
-        output=result.stdout,
-        output_truncated=result.stdout_truncated,
-        output_bytes=result.stdout_bytes,
-        error="\n".join(parts),
-        error_truncated=result.stderr_truncated,
-        error_bytes=result.stderr_bytes,
-        duration_ms=result.duration_ms,
-    )
+    return _from_command(result, status, reason)
 
 
 def _quote(command: str) -> str:
@@ -634,7 +623,11 @@ def _outcome(result: CommandResult) -> Outcome:
         status = RunStatus.TIMED_OUT
     else:
         status = RunStatus.FAILED
-    reason = result.error_text if not result.success else None
+    return _from_command(result, status, result.error_text if not result.success else None)
+
+
+def _from_command(result: CommandResult, status: RunStatus, reason: str | None) -> Outcome:
+    """Turn a command's result into an outcome; the error is ``reason`` then its stderr."""
     parts = [p for p in (reason, result.stderr.rstrip("\n")) if p]
     return Outcome(
         status=status,
