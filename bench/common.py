@@ -93,3 +93,42 @@ def write_json(rows: list[Row], quick: bool, path: Path | None = None) -> Path:
     data = {"machine": machine(), "quick": quick, "results": [asdict(r) for r in rows]}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def in_process_home(home: Path, prefect_api: str, host_key_line: str) -> Path:
+    """Point this process's svrctl at a fresh, migrated home that trusts one sshd.
+
+    Returns the home's known_hosts file.
+    """
+    os.environ |= {
+        "SVRCTL_HOME": str(home),
+        "SVRCTL_TIMEZONE": "UTC",
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    os.environ.pop("SVRCTL_DATABASE_URL", None)
+    from svrctl import runtime
+    from svrctl.db.migrate import upgrade
+
+    runtime.reset()
+    settings = runtime.app_settings()
+    upgrade(settings.resolved_database_url)
+    settings.ensure_home()
+    known_hosts = home / "known_hosts"
+    known_hosts.write_text(host_key_line + "\n")
+    return known_hosts
+
+
+def raw_ssh_true(host: str, port: int, user: str, key: Path, known_hosts: Path) -> int:
+    """Connect with plain paramiko, run ``true``, close; return its exit code (the baseline)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known_hosts))
+    client.connect(host, port=port, username=user, key_filename=str(key),
+                   look_for_keys=False, allow_agent=False)  # fmt: skip
+    try:
+        _, stdout, _ = client.exec_command("true")
+        return stdout.channel.recv_exit_status()
+    finally:
+        client.close()

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, median
+from bench.common import Row, in_process_home, median, raw_ssh_true
 
 GOAL = 2.0
 
 
 def _raw(host: str, port: int, user: str, key: Path, known_hosts: Path) -> float:
-    import paramiko
-
     start = time.perf_counter()
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts))
-    client.connect(host, port=port, username=user, key_filename=str(key),
-                   look_for_keys=False, allow_agent=False)  # fmt: skip
-    _, stdout, _ = client.exec_command("true")
-    stdout.channel.recv_exit_status()
-    client.close()
+    assert raw_ssh_true(host, port, user, key, known_hosts) == 0
     return time.perf_counter() - start
 
 
@@ -36,25 +27,12 @@ def run(quick: bool, prefect_api: str) -> Row:
         work = Path(tmp)
         sshd = start_sshd(work / "sshd")
         try:
-            home = work / "home"
-            os.environ |= {
-                "SVRCTL_HOME": str(home),
-                "SVRCTL_TIMEZONE": "UTC",
-                "PREFECT_API_URL": prefect_api,
-                "PREFECT_LOGGING_LEVEL": "WARNING",
-            }
-            os.environ.pop("SVRCTL_DATABASE_URL", None)
+            known_hosts = in_process_home(work / "home", prefect_api, sshd.host_key_line)
             from svrctl import runtime
-            from svrctl.db.migrate import upgrade
             from svrctl.servers import add_server
             from svrctl.specs import ServerSpec, TaskSpec
             from svrctl.tasks import add_task
 
-            runtime.reset()
-            settings = runtime.app_settings()
-            upgrade(settings.resolved_database_url)
-            settings.ensure_home()
-            (home / "known_hosts").write_text(sshd.host_key_line + "\n")
             with runtime.app_database().write() as s:
                 spec = ServerSpec(
                     name="bench",
@@ -88,9 +66,7 @@ def run(quick: bool, prefect_api: str) -> Row:
             from svrctl.ssh.pool import default_pool
 
             def raw_once() -> float:
-                return _raw(
-                    sshd.host, sshd.port, sshd.username, sshd.user_key, home / "known_hosts"
-                )
+                return _raw(sshd.host, sshd.port, sshd.username, sshd.user_key, known_hosts)
 
             async def measure() -> tuple[list[float], list[float], list[float]]:
                 await flow_once()  # warm-up: imports, first API calls

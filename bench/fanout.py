@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.common import Row, median
+from bench.common import Row, in_process_home, median, raw_ssh_true
 
 GOAL = 1.3
 SERVERS = 50
-
-
-def _raw_one(host: str, port: int, user: str, key: Path, known_hosts: Path) -> int:
-    import paramiko
-
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(known_hosts))
-    client.connect(host, port=port, username=user, key_filename=str(key),
-                   look_for_keys=False, allow_agent=False)  # fmt: skip
-    try:
-        _, stdout, _ = client.exec_command("true")
-        return stdout.channel.recv_exit_status()
-    finally:
-        client.close()
 
 
 def run(quick: bool, prefect_api: str) -> Row:
@@ -40,26 +25,12 @@ def run(quick: bool, prefect_api: str) -> Row:
         work = Path(tmp)
         sshd = start_sshd(work / "sshd", extra_config=["MaxStartups 200:30:400"])
         try:
-            home = work / "home"
-            os.environ |= {
-                "SVRCTL_HOME": str(home),
-                "SVRCTL_TIMEZONE": "UTC",
-                "PREFECT_API_URL": prefect_api,
-                "PREFECT_LOGGING_LEVEL": "WARNING",
-            }
-            os.environ.pop("SVRCTL_DATABASE_URL", None)
+            known_hosts = in_process_home(work / "home", prefect_api, sshd.host_key_line)
             from svrctl import runtime
-            from svrctl.db.migrate import upgrade
             from svrctl.servers import add_server
             from svrctl.specs import ServerSpec, TaskSpec
             from svrctl.tasks import add_task
 
-            runtime.reset()
-            settings = runtime.app_settings()
-            upgrade(settings.resolved_database_url)
-            settings.ensure_home()
-            known_hosts = home / "known_hosts"
-            known_hosts.write_text(sshd.host_key_line + "\n")
             with runtime.app_database().write() as s:
                 for i in range(SERVERS):
                     add_server(
@@ -101,7 +72,7 @@ def run(quick: bool, prefect_api: str) -> Row:
                 with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
                     codes = list(
                         pool.map(
-                            lambda _: _raw_one(
+                            lambda _: raw_ssh_true(
                                 sshd.host, sshd.port, sshd.username, sshd.user_key, known_hosts
                             ),
                             range(SERVERS),
