@@ -140,6 +140,15 @@ MAINTENANCE_DEPLOYMENTS = (
         "notification channels marked for summaries, on Mondays.",
         parameters={"period": "weekly"},
     ),
+    MaintenanceDeployment(
+        flow_name="refresh-views",
+        name="svrctl",
+        entrypoint="svrctl.flows.views:refresh_views",
+        cron="*/15 * * * *",
+        timezone="UTC",
+        description="Rebuilds the view artifacts (fleet, failures, each task's history, each "
+        "server's metrics) every 15 minutes; runs refresh the views they change themselves.",
+    ),
 )
 
 
@@ -154,11 +163,13 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
     from prefect.client.schemas.schedules import CronSchedule
 
     from svrctl.flows.summary import summary_report
+    from svrctl.flows.views import refresh_views
 
     flows: dict[str, Flow[Any, Any]] = {
         "history-retention": history_retention,
         "reconcile-runs": reconcile_runs,
         "summary-report": summary_report,
+        "refresh-views": refresh_views,
     }
     created: list[str] = []
     async with get_client() as client:
