@@ -104,11 +104,14 @@ def start_prefect_server(
             "PREFECT_SERVER_ANALYTICS_ENABLED", "false"
         ),
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        # The UI calls the API at this URL; Prefect's default is port 4200 whatever --port says.
+        "PREFECT_SERVER_UI_API_URL": f"http://{host}:{port}/api",
         **{k: v for k, v in os.environ.items() if k.startswith("PREFECT_SERVER_")},
         **(extra_env or {}),
     }
     prefect = str(Path(sys.executable).parent / "prefect")
-    with log.open("ab") as out:
+    # The database and the log are the owner's only (umask 077 for what the server creates).
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         process = subprocess.Popen(
             [prefect, "server", "start", "--host", host, "--port", str(port)],
             env=env,
@@ -116,6 +119,7 @@ def start_prefect_server(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            umask=0o077,
         )
     server = PrefectServer(home, host, port, process, log)
     started = time.monotonic()

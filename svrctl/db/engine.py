@@ -51,10 +51,26 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the SQLite file readable by its owner only, before SQLite creates it."""
+    """Create the SQLite file readable by its owner only, or make an existing one so.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so those
+    follow; ones already there from a looser time are tightened too.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
+    for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        _make_private(file)
+
+
+def _make_private(path: Path) -> None:
+    """Drop group and other access from a file of ours; leave other users' files alone."""
+    try:
+        info = path.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            path.chmod(info.st_mode & 0o700)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass

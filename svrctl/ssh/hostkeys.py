@@ -184,6 +184,8 @@ def pin_host_key(target: SshTarget, key: paramiko.PKey, *, replace: bool = False
     path = target.known_hosts
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # a file made by hand with the umask's mode
     with os.fdopen(fd, "r+", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         lines = handle.read().splitlines()
