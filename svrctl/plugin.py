@@ -235,6 +235,7 @@ def validate_config(plugin: type[Plugin], config: dict[str, Any] | None) -> Base
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         raise BadInputError(
-            f"invalid config for plugin {plugin.name!r}: {where}: {err['msg']}",
+            f"invalid config for plugin {plugin.name!r}: {where}: {err['msg']}; "
+            f"`svrctl plugin show {plugin.name}` lists its settings",
             field=f"plugin_config.{where}",
         ) from None

@@ -14,12 +14,17 @@ from svrctl.db.models import ChainOn, HostKeyPolicy, OverlapPolicy, TaskKind
 from svrctl.exceptions import BadInputError
 
 __all__ = [
+    "CRON_HINT",
     "NAME_PATTERN",
+    "SCHEDULE_MAX_LENGTH",
+    "TASK_ID_MAX",
     "ServerSpec",
     "TaskSpec",
     "check_block_name",
     "check_name",
+    "check_task_id",
     "check_timezone",
+    "shown",
     "validate",
 ]
 
@@ -31,12 +36,53 @@ _BLOCK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 M = TypeVar("M", bound=BaseModel)
 _NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+SCHEDULE_MAX_LENGTH = 255
+# Said after a cron expression that does not parse.
+CRON_HINT = "; write e.g. '*/15 * * * *' (every 15 minutes): docs/cron.md has the format"
+# The largest id a database row can have (a signed 64-bit integer).
+TASK_ID_MAX = 2**63 - 1
+# A value longer than this is shortened when a message repeats it.
+_SHOWN_MAX = 60
+
+
+def shown(value: object) -> str:
+    """Return ``repr(value)`` for a message, shortened when it is long."""
+    text = repr(value)
+    if len(text) <= _SHOWN_MAX:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str | list | dict) else "long"
+    return f"{text[: _SHOWN_MAX - 10]}… ({size})"
+
+
+def check_task_id(value: object) -> int:
+    """Return ``value`` if it can be the id of a task, else raise BadInputError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= TASK_ID_MAX:
+        raise BadInputError(
+            f"invalid task_id: {shown(value)} is not the id of a task: give a whole number "
+            "from 1 up, the id that `svrctl task show NAME --json` prints",
+            field="task_id",
+        )
+    return value
+
+
+def _check_no_nul(value: Any, what: str) -> None:
+    """Refuse a NUL byte in any string inside ``value`` (no command line can carry one)."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError(f"{what} may not contain a NUL byte (\\u0000)")
+    elif isinstance(value, list):
+        for item in value:
+            _check_no_nul(item, what)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_no_nul(key, what)
+            _check_no_nul(item, what)
 
 
 def check_name(value: str, what: str = "name") -> str:
     """Return ``value`` if it is a valid server, task, tag or pool name, else raise ValueError."""
-    if not _NAME_RE.match(value):
-        raise ValueError(f"{what} {value!r} is not valid: use {_NAME_RULE}")
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} {shown(value)} is not valid: use {_NAME_RULE}")
     return value
 
 
@@ -44,9 +90,9 @@ def check_block_name(value: str | None, what: str) -> str | None:
     """Return a Prefect block name (lowercase letters, digits, dashes), or None when empty."""
     if not value:
         return None
-    if not _BLOCK_RE.match(value):
+    if not _BLOCK_RE.fullmatch(value):
         raise ValueError(
-            f"{what} {value!r} is not a Prefect block name: use lowercase letters, digits "
+            f"{what} {shown(value)} is not a Prefect block name: use lowercase letters, digits "
             "and dashes, e.g. 'web-1-sudo'"
         )
     return value
@@ -58,7 +104,7 @@ def check_timezone(value: str) -> str:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(
-            f"unknown time zone {value!r}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
+            f"unknown time zone {shown(value)}: use an IANA name such as 'Europe/Berlin' or 'UTC'"
         ) from None
     return value
 
@@ -83,6 +129,7 @@ class ServerSpec(BaseModel):
     )
     key_path: str | None = Field(
         default=None,
+        max_length=1024,
         title="Key path",
         description="Private key file; empty means try the keys in SVRCTL_SSH_KEY_DIR.",
     )
@@ -139,7 +186,9 @@ class ServerSpec(BaseModel):
     @model_validator(mode="after")
     def _not_own_jump(self) -> Self:
         if self.jump == self.name:
-            raise ValueError("a server cannot be its own jump host")
+            raise ValueError(
+                "a server cannot be its own jump host: name another server with --jump"
+            )
         return self
 
     @field_validator("host")
@@ -150,9 +199,9 @@ class ServerSpec(BaseModel):
             return str(ipaddress.ip_address(candidate))
         except ValueError:
             pass
-        if not _HOST_RE.match(value):
+        if not _HOST_RE.fullmatch(value):
             raise ValueError(
-                f"host {value!r} is not a host name or IP address "
+                f"host {shown(value)} is not a host name or IP address "
                 "(letters, digits, '-', '_' and dots; it may not start with '-')"
             )
         return value
@@ -160,9 +209,9 @@ class ServerSpec(BaseModel):
     @field_validator("username")
     @classmethod
     def _username(cls, value: str) -> str:
-        if not _USER_RE.match(value):
+        if not _USER_RE.fullmatch(value):
             raise ValueError(
-                f"user {value!r} is not a valid login name "
+                f"user {shown(value)} is not a valid login name "
                 "(letters, digits, '_', '.', '-'; starting with a letter or '_')"
             )
         return value
@@ -213,7 +262,10 @@ class TaskSpec(BaseModel):
         description="A list adds quoted words; an object adds quoted --key value options.",
     )
     schedule: str = Field(
-        default="", max_length=255, title="Schedule", description="Cron; empty = manual only."
+        default="",
+        max_length=SCHEDULE_MAX_LENGTH,
+        title="Schedule",
+        description="Cron; empty = manual only.",
     )
     timezone: str = Field(title="Time zone")
     enabled: bool = Field(default=True, title="Enabled")
@@ -344,9 +396,17 @@ class TaskSpec(BaseModel):
         from svrctl.shellwords import check_args
 
         try:
-            return check_args(value)
+            checked = check_args(value)
         except BadInputError as exc:
             raise ValueError(exc.message) from None
+        _check_no_nul(checked, "args")
+        return checked
+
+    @field_validator("plugin_config")
+    @classmethod
+    def _plugin_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        _check_no_nul(value, "the plugin config")
+        return value
 
     @field_validator("schedule")
     @classmethod
@@ -357,7 +417,7 @@ class TaskSpec(BaseModel):
             try:
                 parse_cron(value)
             except BadInputError as exc:
-                raise ValueError(exc.message) from None
+                raise ValueError(f"{exc.message}{CRON_HINT}") from None
         return value
 
     @field_validator("timezone")
@@ -371,19 +431,25 @@ class TaskSpec(BaseModel):
             raise ValueError("min_success applies to a task that targets a tag")
         if self.kind is TaskKind.SSH:
             if bool(self.server) == bool(self.tag):
-                raise ValueError("an ssh task needs exactly one of a server or a server tag")
+                raise ValueError(
+                    "an ssh task needs exactly one of a server or a server tag: give "
+                    "--server NAME or --tag TAG"
+                )
             if not self.command:
-                raise ValueError("an ssh task needs a command")
+                raise ValueError("an ssh task needs a command: give --command CMD")
             if self.plugin:
                 raise ValueError("an ssh task has no plugin; use kind 'plugin'")
         elif self.kind is TaskKind.LOCAL:
             if self.server or self.tag:
                 raise ValueError("a local task runs on the worker's host: give no server or tag")
             if not self.command:
-                raise ValueError("a local task needs a command")
+                raise ValueError("a local task needs a command: give --command CMD")
         else:
             if not self.plugin:
-                raise ValueError("a plugin task needs a plugin name")
+                raise ValueError(
+                    "a plugin task needs a plugin name: give --plugin NAME "
+                    "(see `svrctl plugin list`)"
+                )
             if self.tag:
                 raise ValueError("a plugin task targets one server or the local host, not a tag")
         return self
@@ -399,6 +465,6 @@ def validate(model: type[M], data: dict[str, Any]) -> M:
         msg = str(err["msg"]).removeprefix("Value error, ")
         got = err.get("input")
         if err["type"] not in {"value_error", "missing"} and not isinstance(got, dict | list):
-            msg = f"{msg} (got {got!r})"
+            msg = f"{msg} (got {shown(got)})"
         text = f"invalid {field}: {msg}" if field else msg
         raise BadInputError(text, field=field) from None

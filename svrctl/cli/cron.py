@@ -34,17 +34,30 @@ def explain_cmd(app: App, expression: str, tz: str | None, count: int, as_json: 
     from svrctl.db.models import utcnow
     from svrctl.exceptions import BadInputError
     from svrctl.schedules import to_prefect_schedule
-    from svrctl.specs import check_timezone
+    from svrctl.specs import CRON_HINT, SCHEDULE_MAX_LENGTH, check_timezone, shown
 
     zone = tz or app.settings.timezone
     try:
         check_timezone(zone)
     except ValueError as exc:
         raise BadInputError(f"invalid timezone (--tz): {exc}", field="timezone") from None
+    if not expression.strip():
+        raise BadInputError(
+            f"invalid schedule: the expression is empty{CRON_HINT}", field="schedule"
+        )
+    if len(expression) > SCHEDULE_MAX_LENGTH:
+        raise BadInputError(
+            f"invalid schedule: {shown(expression)} is longer than {SCHEDULE_MAX_LENGTH} "
+            "characters, the longest schedule a task keeps; write it shorter, e.g. with "
+            "ranges ('1-5') and steps ('*/15')",
+            field="schedule",
+        )
     try:
         schedule = parse_cron(expression)
     except CronError as exc:
-        raise BadInputError(f"invalid schedule: {exc.message}", field="schedule") from None
+        raise BadInputError(
+            f"invalid schedule: {exc.message}{CRON_HINT}", field="schedule"
+        ) from None
     now = utcnow()
     times = next_fire_times(schedule, now, count, zone)
     data: dict[str, Any] = {

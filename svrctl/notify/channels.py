@@ -45,6 +45,8 @@ log = logging.getLogger("svrctl.notify")
 
 # ntfy's own topic rule (server/server.go topicRegex)
 _TOPIC_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
+# The longest server address a channel keeps (its database column's size).
+URL_MAX_LENGTH = 2048
 _BLOCK_PREFIX = "svrctl-notify-"
 _PRIORITY_RANGE = {ChannelKind.GOTIFY: (0, 10), ChannelKind.NTFY: (1, 5)}
 REDACTED = "***"
@@ -186,17 +188,32 @@ def _check_name(name: str) -> None:
 
 
 def _check_http_url(url: str | None, kind: ChannelKind) -> str:
+    from svrctl.specs import shown
+
     if not url:
         raise BadInputError(f"invalid url (--url): a {kind} channel needs --url", field="url")
+    if len(url) > URL_MAX_LENGTH:
+        raise BadInputError(
+            f"invalid url (--url): {shown(url)} is longer than {URL_MAX_LENGTH} characters; "
+            f"give the bare address of the {kind} server, e.g. https://{kind}.example.org",
+            field="url",
+        )
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise BadInputError(
+            f"invalid url (--url): {shown(url)} contains spaces, line breaks or control "
+            "characters; give the bare server address, e.g. "
+            f"https://{kind}.example.org",
+            field="url",
+        )
     try:
         split = urlsplit(url)
         port = split.port
     except ValueError as exc:
-        raise BadInputError(f"invalid url (--url): {url!r}: {exc}", field="url") from None
+        raise BadInputError(f"invalid url (--url): {shown(url)}: {exc}", field="url") from None
     del port
     if split.scheme not in ("http", "https") or not split.hostname:
         raise BadInputError(
-            f"invalid url (--url): {url!r} is not an http:// or https:// address of a "
+            f"invalid url (--url): {shown(url)} is not an http:// or https:// address of a "
             f"{kind} server, e.g. https://{kind}.example.org",
             field="url",
         )
@@ -210,7 +227,7 @@ def _check_http_url(url: str | None, kind: ChannelKind) -> str:
         # apprise's ntfy plugin publishes to the server root (POST / with JSON);
         # it reads a path as topics, so a server under a sub-path cannot be reached.
         raise BadInputError(
-            f"invalid url (--url): {url!r} has a path; give the ntfy server's root address "
+            f"invalid url (--url): {shown(url)} has a path; give the ntfy server's root address "
             "and the topic with --topic",
             field="url",
         )
@@ -218,11 +235,13 @@ def _check_http_url(url: str | None, kind: ChannelKind) -> str:
 
 
 def _check_topic(topic: str | None) -> str:
+    from svrctl.specs import shown
+
     if not topic:
         raise BadInputError("invalid topic (--topic): an ntfy channel needs --topic", field="topic")
-    if not _TOPIC_RE.match(topic):
+    if not _TOPIC_RE.fullmatch(topic):
         raise BadInputError(
-            f"invalid topic (--topic): {topic!r}: use 1-64 letters, digits, '-' or '_'",
+            f"invalid topic (--topic): {shown(topic)}: use 1-64 letters, digits, '-' or '_'",
             field="topic",
         )
     return topic

@@ -174,7 +174,9 @@ def _authenticate(target: SshTarget, transport: paramiko.Transport) -> str:
         if candidate.key is None:
             if target.key_path is not None and target.password is None:
                 raise KeyFileError(
-                    f"cannot use the key {path} for {target.where}: {candidate.problem}.",
+                    f"cannot use the key {path} for {target.where}: {candidate.problem}. "
+                    "Fix the file, or point the server at another key "
+                    "(`svrctl server edit NAME --key PATH`).",
                     **_ctx(target),
                 )
             tried.append((str(path), candidate.problem or "unusable"))
