@@ -9,17 +9,20 @@ from typing import Any
 
 import anyio
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run as runtime_flow_run
 from prefect.states import Completed, Failed
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from svrctl.db.models import RunStatus, TriggeredBy, utcnow
+from svrctl.exceptions import BadInputError, DatabaseUnavailableError
 from svrctl.execution.cancel import run_sync_cancellable
 from svrctl.execution.engine import RunRequest, TaskExecutionResult, execute_task
 from svrctl.runtime import app_database, app_settings
 from svrctl.settings import Settings
+from svrctl.specs import check_task_id
 
 __all__ = ["SKIPPED_STATE_NAME", "run_task"]
 
@@ -61,10 +64,6 @@ def _trigger() -> tuple[TriggeredBy, Any]:
     return TriggeredBy.API, None
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "task"
-
-
 @flow(
     name="run-task",
     flow_run_name=_run_name,
@@ -80,6 +79,10 @@ async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | S
         force: Run the task even if it is disabled.
     """
     logger = get_run_logger()
+    try:
+        check_task_id(task_id)
+    except BadInputError as exc:
+        return _refused(logger, exc)
     settings = app_settings()
     db = app_database(settings)
     triggered_by, scheduled_at = _trigger()
@@ -104,13 +107,65 @@ async def run_task(task_id: int, force: bool = False) -> TaskExecutionResult | S
         log=logger,
         on_line=on_line,
     )
+    await _finish_dead_runs(task_id)
     # Cancelling the flow run stops the step's command and finishes its rows as cancelled.
-    result = await run_sync_cancellable(
-        lambda cancel: execute_task(db, settings, replace(request, cancel=cancel))
-    )
+    try:
+        result = await run_sync_cancellable(
+            lambda cancel: execute_task(db, settings, replace(request, cancel=cancel))
+        )
+    except BadInputError as exc:  # no such task: nothing ran, nothing to record
+        return _refused(logger, exc)
+    except (OperationalError, InterfaceError) as exc:
+        raise _database_unavailable(settings, exc) from exc
     # Notifications (after every history row is final) run in a thread beside the artifacts.
-    await asyncio.gather(_artifacts(result), _notify(settings, result, flow_run_id))
+    await asyncio.gather(
+        _artifacts(settings, result, flow_run_id), _notify(settings, result, flow_run_id)
+    )
     return _final_state(result)
+
+
+def _database_unavailable(settings: Settings, exc: DBAPIError) -> DatabaseUnavailableError:
+    """Say that the app database failed the run: where it is, what the driver said, what next."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    where = url.render_as_string(hide_password=True)
+    said = next((ln.strip() for ln in str(exc.orig).splitlines() if ln.strip()), type(exc).__name__)
+    state = "failed" if url.get_backend_name() == "sqlite" else "is unreachable"
+    return DatabaseUnavailableError(
+        f"the app database {where} {state} ({said}): this run's result could not be "
+        "recorded. Once the database is back, its rows left running are marked crashed "
+        "(by the task's next run, or the reconcile-runs flow)."
+    )
+
+
+async def _finish_dead_runs(task_id: int) -> None:
+    """Finish the task's rows left ``running`` by a run that is over in Prefect.
+
+    A run whose process died (a killed worker) keeps its rows ``running`` until
+    reconciliation; the overlap check would take them for a run still going and
+    record this run ``missed``. Prefect only lets this run start once the dead one
+    is over (it held the deployment's concurrency slot), so its rows are finished
+    here first, as the ``reconcile-runs`` flow would. Never stops the run.
+    """
+    from svrctl.execution.reconcile import reconcile_running
+    from svrctl.flows.maintenance import flow_run_state
+
+    try:
+        fixed = await reconcile_running(app_database(), flow_run_state, task_id=task_id)
+    except Exception as exc:
+        get_run_logger().warning(
+            "could not check for rows left running by an earlier run: %s: %s",
+            type(exc).__name__,
+            exc,
+        )
+        return
+    if fixed:
+        get_run_logger().warning(
+            "marked %d history row(s) of an earlier run crashed: its flow run is over "
+            "(the process running it died)",
+            len(fixed),
+        )
 
 
 async def _notify(settings: Settings, result: TaskExecutionResult, flow_run_id: str | None) -> None:
@@ -141,6 +196,12 @@ async def _notify(settings: Settings, result: TaskExecutionResult, flow_run_id: 
         logger.warning("Notifications failed: %s", exc.__class__.__name__)
 
 
+def _refused(logger: Any, exc: BadInputError) -> State[Any]:
+    """End a run whose parameters name no task: the reason in one log line, no traceback."""
+    logger.error("Run refused: %s", exc.message)
+    return Failed(message=exc.message)
+
+
 def _final_state(result: TaskExecutionResult) -> State[Any]:
     """Return the flow run's final state for ``result``.
 
@@ -156,19 +217,19 @@ def _final_state(result: TaskExecutionResult) -> State[Any]:
     return Completed(message="success", data=result)
 
 
-async def _artifacts(result: TaskExecutionResult) -> None:
-    """Show the run and the task's recent history in Prefect's UI."""
-    from svrctl.tasks import recent_history
+async def _artifacts(
+    settings: Settings, result: TaskExecutionResult, flow_run_id: str | None
+) -> None:
+    """Show the run in Prefect's UI, and refresh the views it changed (svrctl.views)."""
+    db = app_database(settings)
 
-    db = app_database()
-
-    def load() -> tuple[list[dict[str, Any]], str, str, bool]:
+    def load() -> tuple[str, str, bool]:
         from svrctl.db.models import Server, Task
 
         with db.read() as session:
             task = session.get(Task, result.task_id)
             if task is None:
-                return [], "", "", False
+                return "", "", False
             server = session.get(Server, task.server_id) if task.server_id else None
             target = (
                 server.name
@@ -176,22 +237,9 @@ async def _artifacts(result: TaskExecutionResult) -> None:
                 else (f"tag {task.server_tag}" if task.server_tag else "local")
             )
             command = task.command or f"plugin {task.plugin}"
-            rows = [
-                {
-                    "started": f"{r.started_at:%Y-%m-%d %H:%M:%S}",
-                    "status": r.status,
-                    "server": r.server_name or "-",
-                    "attempt": r.attempt,
-                    "by": r.triggered_by,
-                    "duration_ms": r.duration_ms,
-                    "exit_code": r.exit_code,
-                    "flow_run": r.flow_run_id or "-",
-                }
-                for r in recent_history(session, task, 20)
-            ]
-            return rows, target, command, task.plugin is not None and task.command is None
+            return target, command, task.plugin is not None and task.command is None
 
-    rows, target, command, plugin = await anyio.to_thread.run_sync(load)
+    target, command, plugin = await anyio.to_thread.run_sync(load)
     skipped = result.status == RunStatus.SKIPPED.value
     mark = "–" if skipped else ("✓" if result.success else "✗")
     tail = result.output[-4000:]
@@ -212,16 +260,20 @@ async def _artifacts(result: TaskExecutionResult) -> None:
             *(_plugin_body(result) if plugin else ["Output (tail):", "", fence, tail, fence]),
         ]
     )
-    jobs = [acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}")]
-    if rows:
-        jobs.append(
-            acreate_table_artifact(
-                table=rows,
-                key=f"task-{_slug(result.task_name)}-history",
-                description=f"Latest runs of {result.task_name}",
-            )
-        )
-    await asyncio.gather(*jobs)
+    await asyncio.gather(
+        acreate_markdown_artifact(markdown=body, description=f"Run of {result.task_name}"),
+        _views(settings, result.task_id, flow_run_id),
+    )
+
+
+async def _views(settings: Settings, task_id: int, flow_run_id: str | None) -> None:
+    """Refresh the views of a run; a view that cannot be written never fails the run."""
+    from svrctl.flows.views import publish_after_run
+
+    try:
+        await publish_after_run(settings, task_id, flow_run_id)
+    except Exception as exc:
+        get_run_logger().warning("Views not refreshed: %s", exc.__class__.__name__)
 
 
 def _plugin_body(result: TaskExecutionResult) -> list[str]:

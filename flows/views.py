@@ -65,7 +65,5 @@ async def refresh_views() -> int:
 
     views = await anyio.to_thread.run_sync(build)
     await publish(views)
-    get_run_logger().info(
-        "published %d view(s): %s", len(views), ", ".join(v.key for v in views)
-    )
+    get_run_logger().info("published %d view(s): %s", len(views), ", ".join(v.key for v in views))
     return len(views)

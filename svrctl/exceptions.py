@@ -10,7 +10,8 @@ The hierarchy::
     ├── DatabaseError                the app database cannot be used as it is
     │   ├── SchemaMissingError       no schema yet: run ``svrctl db upgrade``
     │   ├── SchemaOutdatedError      older than the code: run ``svrctl db upgrade``
-    │   └── SchemaTooNewError        newer than the code: upgrade svrctl
+    │   ├── SchemaTooNewError        newer than the code: upgrade svrctl
+    │   └── DatabaseUnavailableError the database server cannot be reached (or failed)
     └── SshError                     exit 1; carries host, port, user and the command
         ├── SshConnectError          the TCP connection could not be made
         │   ├── ConnectionRefusedSshError   nothing listens on that port
@@ -41,6 +42,7 @@ __all__ = [
     "ConnectTimeoutError",
     "ConnectionRefusedSshError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "HostKeyChangedError",
     "HostKeyError",
     "HostKeyUnknownError",
@@ -114,6 +116,10 @@ class SchemaTooNewError(DatabaseError):
     """The app database schema was written by a newer svrctl."""
 
     exit_code = 2
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """The app database server cannot be reached, or dropped the connection."""
 
 
 class SshError(SvrctlError):

@@ -403,7 +403,7 @@ def read_markdown(run_id: UUID) -> str:
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
             )
 
-    (markdown,) = [a for a in asyncio.run(read()) if a.type == "markdown"]
+    (markdown,) = [a for a in asyncio.run(read()) if a.type == "markdown" and a.key is None]
     return str(markdown.data)
 
 

@@ -7,7 +7,6 @@ sshd (files, processes) and Prefect (flow run state, name, logs, artifacts).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any
@@ -387,7 +386,7 @@ def test_run_artifacts(env: RunEnv) -> None:
     assert result.success
     run_id = flow_run_id(state)
 
-    markdown = [a for a in read_artifacts(run_id) if a.type == "markdown"]
+    markdown = [a for a in read_artifacts(run_id) if a.type == "markdown" and a.key is None]
     assert len(markdown) == 1
     body = str(markdown[0].data)
     assert f"{name}: success" in body
@@ -399,15 +398,16 @@ def test_run_artifacts(env: RunEnv) -> None:
     assert "2999\n3000\n" in body
     assert "\n1\n2\n3\n" not in body
 
-    key = f"task-{name}-history"
-    (table,) = read_artifacts(run_id, key)
-    assert table.type == "table"
-    rows = json.loads(str(table.data))
-    assert [r["flow_run"] for r in rows] == [str(run_id), str(flow_run_id(first_state))]
-    assert [(r["status"], r["server"], r["attempt"], r["by"]) for r in rows] == [
-        ("success", "s1", 1, "manual")
-    ] * 2
-    assert rows[0]["exit_code"] == 0
+    (view,) = read_artifacts(run_id, f"task-{name}-history")
+    assert view.type == "markdown"
+    lines = [line for line in str(view.data).splitlines() if line.startswith("| [")]
+    # newest first, each linked to its flow run in Prefect's UI
+    assert [line.split("](")[1].split(")")[0].rsplit("/", 1)[1] for line in lines] == [
+        str(run_id),
+        str(flow_run_id(first_state)),
+    ]
+    assert all("| success | s1 | 1 | manual |" in line for line in lines)
+    assert "/runs/flow-run/" in lines[0]
 
 
 def test_failure_artifact_shows_the_error(env: RunEnv) -> None:
@@ -416,7 +416,9 @@ def test_failure_artifact_shows_the_error(env: RunEnv) -> None:
     task_id = env.add_task(name, "--server", "s1", "--command", "echo nope >&2; exit 9")
     state, result = run_flow(task_id)
     assert result.status == "failed"
-    (markdown,) = [a for a in read_artifacts(flow_run_id(state)) if a.type == "markdown"]
+    (markdown,) = [
+        a for a in read_artifacts(flow_run_id(state)) if a.type == "markdown" and a.key is None
+    ]
     body = str(markdown.data)
     assert f"✗ {name}: failed" in body
     assert "| exit code | 9 |" in body

@@ -8,10 +8,11 @@ from datetime import timedelta
 from uuid import UUID
 
 import anyio
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from svrctl.db.engine import Database
 from svrctl.db.models import RunStatus, TaskHistory, utcnow
+from svrctl.db.purge import purge_before
 from svrctl.execution.history import update_stats
 from svrctl.settings import Settings
 
@@ -26,23 +27,27 @@ _FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 async def reconcile_running(
-    db: Database, state_of: FlowRunState, settings: Settings | None = None
+    db: Database,
+    state_of: FlowRunState,
+    settings: Settings | None = None,
+    *,
+    task_id: int | None = None,
 ) -> list[int]:
     """Mark ``crashed`` (or ``cancelled``) every running row whose flow run is over or gone.
 
     Each affected run is counted once in its task's stats, then goes through the
     notification hook like a run that finished by itself (``settings`` default to the
-    process's). Returns the row ids changed.
+    process's). With ``task_id``, only that task's rows are looked at. Returns the row
+    ids changed.
     """
+    query = select(TaskHistory).where(
+        TaskHistory.status == RunStatus.RUNNING.value,
+        TaskHistory.flow_run_id.is_not(None),
+    )
+    if task_id is not None:
+        query = query.where(TaskHistory.task_id == task_id)
     with db.read() as session:
-        rows = list(
-            session.scalars(
-                select(TaskHistory).where(
-                    TaskHistory.status == RunStatus.RUNNING.value,
-                    TaskHistory.flow_run_id.is_not(None),
-                )
-            )
-        )
+        rows = list(session.scalars(query))
     changed: dict[int, RunStatus] = {}
     verdicts: dict[str, str | None] = {}
     for row in rows:
@@ -131,23 +136,17 @@ def _finish(db: Database, row_id: int, status: RunStatus, error: str) -> bool:
         return True
 
 
-def purge_history(db: Database, retention_days: int, batch: int = 10_000) -> int:
-    """Delete finished history rows older than ``retention_days``; return how many."""
+def purge_history(db: Database, retention_days: int, batch: int = 50_000) -> int:
+    """Delete finished history rows older than ``retention_days``, in batches; return how many.
+
+    Rows still ``running`` are kept whatever their age. The task rows' counters are
+    not changed: they count every run ever recorded.
+    """
     cutoff = utcnow() - timedelta(days=retention_days)
-    total = 0
-    while True:
-        with db.write() as session:
-            ids = list(
-                session.scalars(
-                    select(TaskHistory.id)
-                    .where(
-                        TaskHistory.started_at < cutoff,
-                        TaskHistory.status != RunStatus.RUNNING.value,
-                    )
-                    .limit(batch)
-                )
-            )
-            if not ids:
-                return total
-            session.execute(delete(TaskHistory).where(TaskHistory.id.in_(ids)))
-            total += len(ids)
+    return purge_before(
+        db,
+        TaskHistory.started_at,
+        cutoff,
+        TaskHistory.status != RunStatus.RUNNING.value,
+        batch=batch,
+    )

@@ -72,7 +72,9 @@ def test_plugin_run_artifact_shows_findings_and_metrics(env: RunEnv) -> None:
     task_id = env.add_task(name, "--plugin", "health", "--config", '{"sample_seconds": 0.1}')
     state, result = run_flow(task_id)
     assert result.success, result.error
-    (markdown,) = [a for a in read_artifacts(flow_run_id(state)) if a.type == "markdown"]
+    (markdown,) = [
+        a for a in read_artifacts(flow_run_id(state)) if a.type == "markdown" and a.key is None
+    ]
     body = str(markdown.data)
     assert f"{name}: success" in body
     assert "| memory |" in body  # the plugin's own markdown, not fenced as output
