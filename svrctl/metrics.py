@@ -94,21 +94,11 @@ def read_metrics(
     return list(reversed(list(session.scalars(query))))
 
 
-def purge_metrics(db: Database, retention_days: int, batch: int = 10_000) -> int:
+def purge_metrics(db: Database, retention_days: int, batch: int = 50_000) -> int:
     """Delete figures older than ``retention_days``, in batches; return how many."""
-    from sqlalchemy import delete
+    from svrctl.db.purge import purge_before
 
-    cutoff = utcnow() - timedelta(days=retention_days)
-    total = 0
-    while True:
-        with db.write() as session:
-            ids = list(
-                session.scalars(select(MetricRow.id).where(MetricRow.time < cutoff).limit(batch))
-            )
-            if not ids:
-                return total
-            session.execute(delete(MetricRow).where(MetricRow.id.in_(ids)))
-            total += len(ids)
+    return purge_before(db, MetricRow.time, utcnow() - timedelta(days=retention_days), batch=batch)
 
 
 def metric_to_dict(row: MetricRow) -> dict[str, Any]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime
+import math
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from svrctl.db.models import Server, Task, TaskHistory, utcnow
+from svrctl.db.models import RunStatus, Server, Task, TaskHistory, utcnow
 from svrctl.exceptions import BadInputError, ConflictError, NotFoundError
 from svrctl.servers import get_server, servers_with_tag
 from svrctl.specs import TaskSpec, validate
@@ -28,6 +29,7 @@ __all__ = [
     "set_enabled",
     "task_name_of",
     "task_spec",
+    "task_stats",
     "task_to_dict",
     "update_task",
 ]
@@ -259,6 +261,96 @@ def recent_history(session: Session, task: Task, limit: int = 20) -> list[TaskHi
             .limit(limit)
         )
     )
+
+
+# The statuses of a step that ran to an end: their durations make the median and p95.
+_SUCCESS = RunStatus.SUCCESS.value
+_FAILURES = tuple(s.value for s in RunStatus if s.counts_as_failure)
+
+
+def task_stats(
+    session: Session, task: Task, days: int = 7, now: datetime | None = None
+) -> dict[str, Any]:
+    """Return a task's run figures over its history rows that started in the last ``days``.
+
+    Everything is computed in the database over the rows of the window, which the
+    ``(task_id, started_at)`` index bounds: counts by status, the success rate
+    (successes among successes and failures), the median and p95 duration (nearest
+    rank) of the rows that succeeded or failed, and the last success and failure.
+    Each history row is one attempt on one server. The task's own counters, which
+    retention never lowers, come along under ``all_time``.
+    """
+    since = (now or utcnow()) - timedelta(days=days)
+    window = (TaskHistory.task_id == task.id, TaskHistory.started_at >= since)
+    counts: dict[str, int] = {}
+    timed: dict[str, int] = {}
+    last: dict[str, datetime] = {}
+    for status, count, with_duration, latest in session.execute(
+        select(
+            TaskHistory.status,
+            func.count(),
+            func.count(TaskHistory.duration_ms),
+            func.max(TaskHistory.started_at),
+        )
+        .where(*window)
+        .group_by(TaskHistory.status)
+    ):
+        counts[status], timed[status], last[status] = count, with_duration, latest
+    successes = counts.get(_SUCCESS, 0)
+    failures = sum(counts.get(s, 0) for s in _FAILURES)
+    ended = sum(timed.get(s, 0) for s in (_SUCCESS, *_FAILURES))
+    median, p95 = _duration_ranks(session, window, ended)
+    failed_at = [(last[s], s) for s in _FAILURES if s in last]
+    last_failure = max(failed_at) if failed_at else None
+    return {
+        "task": task.name,
+        "days": days,
+        "since": since.isoformat(),
+        "runs": sum(counts.values()),
+        "by_status": dict(sorted(counts.items())),
+        "successes": successes,
+        "failures": failures,
+        "success_rate": round(successes / (successes + failures), 4)
+        if successes + failures
+        else None,
+        "duration_median_ms": median,
+        "duration_p95_ms": p95,
+        "last_success_at": _iso(last.get(_SUCCESS)),
+        "last_failure_at": _iso(last_failure[0]) if last_failure else None,
+        "last_failure_status": last_failure[1] if last_failure else None,
+        "all_time": {
+            "run_count": task.run_count,
+            "success_count": task.success_count,
+            "failure_count": task.failure_count,
+        },
+    }
+
+
+def _duration_ranks(
+    session: Session, window: tuple[Any, ...], count: int
+) -> tuple[int | None, int | None]:
+    """Return the nearest-rank median and p95 of the window's ``count`` ended durations."""
+    if count == 0:
+        return None, None
+    where = (
+        *window,
+        TaskHistory.status.in_((_SUCCESS, *_FAILURES)),
+        TaskHistory.duration_ms.is_not(None),
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(
+            select(
+                func.percentile_disc(0.5).within_group(TaskHistory.duration_ms),
+                func.percentile_disc(0.95).within_group(TaskHistory.duration_ms),
+            ).where(*where)
+        ).one()
+        return row[0], row[1]
+    # SQLite has no percentile function: read the value at each rank of the sorted window.
+    ordered = select(TaskHistory.duration_ms).where(*where).order_by(TaskHistory.duration_ms)
+    median, p95 = (
+        session.scalar(ordered.offset(math.ceil(q * count) - 1).limit(1)) for q in (0.5, 0.95)
+    )
+    return median, p95
 
 
 def _iso(value: datetime | None) -> str | None:

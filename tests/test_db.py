@@ -35,7 +35,14 @@ def test_tables_and_indexes_exist(database: Database) -> None:
     insp = inspect(database.engine)
     assert {"servers", "tasks", "task_history", "alembic_version"} <= set(insp.get_table_names())
     indexes = {ix["name"]: ix["column_names"] for ix in insp.get_indexes("task_history")}
-    assert indexes["ix_task_history_task_id_started_at"] == ["task_id", "started_at"]
+    assert indexes["ix_task_history_task_id_started_at_id_status_duration_ms"] == [
+        "task_id",
+        "started_at",
+        "id",
+        "status",
+        "duration_ms",
+    ]
+    assert "ix_task_history_task_id_started_at" not in indexes
     assert indexes["ix_task_history_started_at"] == ["started_at"]
 
 

@@ -103,8 +103,9 @@ def _task_options(func: F) -> F:
 
 def _common(options: dict[str, Any]) -> dict[str, Any]:
     """Turn CLI options into spec fields, keeping only those that were given."""
-    out: dict[str, Any] = {}
-    for key in (
+    from svrctl.admin import task_changes
+
+    keys = (
         "description",
         "command",
         "schedule",
@@ -124,20 +125,19 @@ def _common(options: dict[str, Any]) -> dict[str, Any]:
         "notify",
         "notify_after_failures",
         "notify_on_success",
-    ):
-        if options.get(key) is not None:
-            out[key] = options[key]
-    if options.get("notify_remind_hours") is not None:
-        hours = options["notify_remind_hours"]
-        out["notify_remind_hours"] = None if hours == 0 else hours
-    if out.get("after") == "" and "after_on" not in out:
-        out["after_on"] = None  # unchaining drops the chain's condition too
+        "notify_remind_hours",
+    )
+    out = task_changes({key: options.get(key) for key in keys})
     if options.get("args_json") is not None:
         out["args"] = parse_json_option(options["args_json"], "--args")
     if options.get("config_json") is not None:
         config = parse_json_option(options["config_json"], "--config")
         if not isinstance(config, dict):
-            raise BadInputError("--config must be a JSON object", field="plugin_config")
+            raise BadInputError(
+                "--config must be a JSON object, e.g. --config '{\"cpu_percent\": 90}'; "
+                "`svrctl plugin show NAME` lists the plugin's settings",
+                field="plugin_config",
+            )
         out["plugin_config"] = config
     return out
 
@@ -180,16 +180,11 @@ def _target(options: dict[str, Any], current_kind: str | None) -> dict[str, Any]
 @pass_app
 def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     """Add a task."""
-    from svrctl.specs import TaskSpec, validate
-    from svrctl.tasks import add_task, task_to_dict
+    from svrctl.admin import add_task_entry
+    from svrctl.cli.sync import feedback
 
-    fields = {"name": name, "timezone": app.settings.timezone}
-    fields |= _target(options, None) | _common(options)
-    spec = validate(TaskSpec, fields)
-    with app.db().write() as session:
-        row = add_task(session, spec)
-        data = task_to_dict(row, spec.server, spec.after)
-    _sync_task(app, data, names={spec.name}, deployment_id=None)
+    fields = {"name": name} | _target(options, None) | _common(options)
+    data = add_task_entry(app.db(), app.settings, fields, feedback())
     _print_saved("added", data, as_json, app.settings.timezone)
 
 
@@ -199,37 +194,14 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
 @pass_app
 def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     """Change a task; options not given stay as they are."""
-    from svrctl.tasks import get_task, task_to_dict, update_task
+    from svrctl.admin import edit_task_entry
+    from svrctl.cli.sync import feedback
 
-    with app.db().write() as session:
-        current = get_task(session, name)
-        deployment_id = current.deployment_id
-        changes = _target(options, current.kind) | _common(options)
-        row = update_task(session, name, changes)
-        data = task_to_dict(row, _server_of(session, row.server_id), _after_of(session, row))
-    _sync_task(app, data, names={name, data["name"]}, deployment_id=deployment_id)
+    def changes(kind: str | None) -> dict[str, Any]:
+        return _target(options, kind) | _common(options)
+
+    data = edit_task_entry(app.db(), app.settings, name, changes, feedback())
     _print_saved("updated", data, as_json, app.settings.timezone)
-
-
-def _sync_task(
-    app: App, data: dict[str, Any], *, names: set[str], deployment_id: str | None
-) -> None:
-    """Sync one task's deployment after a change (``data`` is the task, or None if removed).
-
-    On success the task's new deployment id is put into ``data``.
-    """
-    from svrctl.cli.sync import auto_sync
-    from svrctl.sync import Scope
-
-    scope = Scope(
-        task_ids=frozenset({data["id"]}),
-        names=frozenset(names),
-        deployment_ids=frozenset({deployment_id} if deployment_id else ()),
-    )
-    waits = bool(data.get("schedule")) and bool(data.get("enabled"))
-    report = auto_sync(app, scope, what=f"task {data['name']}", schedule_waits=waits)
-    if report is not None and data["name"] in report.deployment_ids:
-        data["deployment_id"] = report.deployment_ids[data["name"]]
 
 
 def _server_of(session: Any, server_id: int | None) -> str | None:
@@ -366,14 +338,10 @@ def _show_value(value: Any) -> str:
 @pass_app
 def rm_cmd(app: App, name: str) -> None:
     """Remove a task and its history."""
-    from svrctl.tasks import get_task, remove_task
+    from svrctl.admin import remove_task_entry
+    from svrctl.cli.sync import feedback
 
-    with app.db().write() as session:
-        row = get_task(session, name)
-        data = {"id": row.id, "name": name, "schedule": "", "enabled": False}
-        deployment_id = row.deployment_id
-        remove_task(session, name)
-    _sync_task(app, data, names={name}, deployment_id=deployment_id)
+    remove_task_entry(app.db(), app.settings, name, feedback())
     click.echo(f"✓ removed task {name}")
 
 
@@ -394,13 +362,10 @@ def disable_cmd(app: App, name: str) -> None:
 
 
 def _set_enabled(app: App, name: str, enabled: bool) -> None:
-    from svrctl.tasks import set_enabled
+    from svrctl.admin import set_task_enabled
+    from svrctl.cli.sync import feedback
 
-    with app.db().write() as session:
-        row = set_enabled(session, name, enabled)
-        data = {"id": row.id, "name": name, "schedule": row.schedule, "enabled": enabled}
-        deployment_id = row.deployment_id
-    _sync_task(app, data, names={name}, deployment_id=deployment_id)
+    set_task_enabled(app.db(), app.settings, name, enabled, feedback())
     click.echo(f"✓ {'enabled' if enabled else 'disabled'} task {name}")
 
 
@@ -435,6 +400,57 @@ def history_cmd(app: App, name: str, limit: int, as_json: bool) -> None:
             ]
             for r in rows
         ],
+    )
+
+
+@task.command("stats")
+@click.argument("name")
+@click.option(
+    "--days",
+    type=click.IntRange(1, 3660),
+    default=7,
+    show_default=True,
+    help="Window: runs that started in the last N days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def stats_cmd(app: App, name: str, days: int, as_json: bool) -> None:
+    """Show a task's runs over a window: counts by status, success rate, durations, last ends."""
+    from svrctl.tasks import get_task, task_stats
+
+    with app.db().read() as session:
+        data = task_stats(session, get_task(session, name), days)
+    if as_json:
+        echo_json(data)
+        return
+    _print_stats(data, app.settings.timezone)
+
+
+def _print_stats(data: dict[str, Any], zone: str) -> None:
+    """Print ``task stats`` for people."""
+    from datetime import datetime
+
+    def when(value: str | None) -> str:
+        return format_time(datetime.fromisoformat(value), zone) if value else "-"
+
+    by_status = ", ".join(f"{s} {n}" for s, n in data["by_status"].items())
+    rate = data["success_rate"]
+    failure = when(data["last_failure_at"])
+    if data["last_failure_status"]:
+        failure += f" ({data['last_failure_status']})"
+    every = data["all_time"]
+    click.echo(f"task {data['task']}, last {data['days']} days (since {when(data['since'])}):")
+    click.echo(f"  runs:          {data['runs']}" + (f" ({by_status})" if by_status else ""))
+    click.echo(f"  success rate:  {'-' if rate is None else f'{rate * 100:.1f} %'}")
+    click.echo(
+        f"  duration:      median {format_duration(data['duration_median_ms'])}, "
+        f"p95 {format_duration(data['duration_p95_ms'])}"
+    )
+    click.echo(f"  last success:  {when(data['last_success_at'])}")
+    click.echo(f"  last failure:  {failure}")
+    click.echo(
+        f"  all time:      {every['run_count']} runs, {every['success_count']} succeeded, "
+        f"{every['failure_count']} failed"
     )
 
 

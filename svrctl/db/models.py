@@ -254,7 +254,15 @@ class TaskHistory(Base):
 
     __tablename__ = "task_history"
     __table_args__ = (
-        Index("ix_task_history_task_id_started_at", "task_id", "started_at"),
+        # a task's window of runs, read from the index alone (see migration 0008)
+        Index(
+            "ix_task_history_task_id_started_at_id_status_duration_ms",
+            "task_id",
+            "started_at",
+            "id",
+            "status",
+            "duration_ms",
+        ),
         Index("ix_task_history_started_at", "started_at"),
         Index("ix_task_history_status", "status"),
     )

@@ -15,7 +15,16 @@ from svrctl.exceptions import (
 __all__ = ["HEAD_REVISION", "KNOWN_REVISIONS", "check_schema", "current_revision"]
 
 # Every migration revision, oldest first. A test keeps this equal to Alembic's history.
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+KNOWN_REVISIONS: tuple[str, ...] = (
+    "0001",
+    "0002",
+    "0003",
+    "0004",
+    "0005",
+    "0006",
+    "0007",
+    "0008",
+)
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 
 
