@@ -9,6 +9,8 @@ from pathlib import Path
 
 from bench.common import Row, print_table, write_json
 
+ALL = [1, 2, 3, 4, 5, 6, 7, 8]
+
 
 def main() -> int:
     """Start what the benchmarks need, run them, print the table and write latest.json."""
@@ -17,11 +19,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", type=int, help="benchmark numbers to run")
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/latest.json)")
     args = parser.parse_args()
-    wanted = set(args.only or [1, 3, 4, 5, 8])
+    wanted = set(args.only or ALL)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         server = None
-        if wanted & {1, 2, 3, 4}:
+        if wanted & {1, 2, 3, 4, 7}:
             from svrctl.prefect_server import start_prefect_server
 
             print("starting a Prefect server ...", file=sys.stderr)
@@ -37,6 +39,11 @@ def main() -> int:
 
                 print("5 sync ...", file=sys.stderr)
                 rows.append(sync.run(args.quick))  # starts its own Prefect servers
+            if 6 in wanted:
+                from bench import history_scale
+
+                print("6 history at scale ...", file=sys.stderr)
+                rows.extend(history_scale.run(args.quick))
             if 1 in wanted and server is not None:
                 from bench import engine_overhead
 
@@ -57,6 +64,11 @@ def main() -> int:
 
                 print("3 schedule accuracy ...", file=sys.stderr)
                 rows.append(schedule_accuracy.run(args.quick, server.api_url))
+            if 7 in wanted and server is not None:
+                from bench import worker_memory
+
+                print("7 worker memory ...", file=sys.stderr)
+                rows.append(worker_memory.run(args.quick, server.api_url))
         finally:
             if server is not None:
                 server.stop()

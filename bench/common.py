@@ -1,10 +1,11 @@
-"""Shared pieces of the benchmarks: result rows, timing, the table and the JSON file."""
+"""Shared pieces of the benchmarks: result rows, timing, the table, the JSON file, workers."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -129,6 +131,128 @@ def raw_ssh_true(host: str, port: int, user: str, key: Path, known_hosts: Path) 
                    look_for_keys=False, allow_agent=False)  # fmt: skip
     try:
         _, stdout, _ = client.exec_command("true")
-        return stdout.channel.recv_exit_status()
+        return int(stdout.channel.recv_exit_status())
     finally:
         client.close()
+
+
+BIN = Path(sys.executable).parent
+RUN_TASK_ENTRYPOINT = "svrctl.flows.run_task:run_task"
+
+
+def child_env(work: Path, api: str) -> dict[str, str]:
+    """Return the environment of a worker or CLI process: a home in ``work``, this Prefect API."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SVRCTL_"))}
+    return env | {
+        "HOME": str(work / "user"),
+        "SVRCTL_HOME": str(work / "home"),
+        "SVRCTL_TIMEZONE": "UTC",
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(work / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def use_env(env: dict[str, str]) -> None:
+    """Point this process's svrctl at the home and Prefect API of a ``child_env``."""
+    for key in ("HOME", "SVRCTL_HOME", "SVRCTL_TIMEZONE", "PREFECT_API_URL"):
+        os.environ[key] = env[key]
+    os.environ.pop("SVRCTL_DATABASE_URL", None)
+
+
+def setup_ssh_task(sshd: Any, name: str, command: str) -> int:
+    """Create the app database, a server pointing at the sshd and an SSH task; return its id.
+
+    The task's overlap policy is ``queue``: its runs may overlap.
+    """
+    from svrctl import runtime
+    from svrctl.db.migrate import upgrade
+    from svrctl.db.models import OverlapPolicy, TaskKind
+    from svrctl.servers import add_server
+    from svrctl.specs import ServerSpec, TaskSpec
+    from svrctl.tasks import add_task
+
+    runtime.reset()
+    settings = runtime.app_settings()
+    upgrade(settings.resolved_database_url)
+    settings.ensure_home()
+    (settings.home / "known_hosts").write_text(sshd.host_key_line + "\n")
+    with runtime.app_database().write() as s:
+        add_server(
+            s,
+            ServerSpec(
+                name="bench",
+                host=sshd.host,
+                port=sshd.port,
+                username=sshd.username,
+                key_path=str(sshd.user_key),
+            ),
+        )
+        spec = TaskSpec(
+            name=name,
+            kind=TaskKind.SSH,
+            server="bench",
+            command=command,
+            timezone="UTC",
+            overlap_policy=OverlapPolicy.QUEUE,
+        )
+        return int(add_task(s, spec).id)
+
+
+def deploy_run_task(client: Any, pool: str, pool_type: str, task_id: int, name: str) -> str:
+    """Create the work pool (type ``svrctl`` or ``process``) and a run-task deployment on it.
+
+    Returns the deployment's id.
+    """
+    import asyncio
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    from svrctl.worker import ensure_work_pool
+
+    if pool_type == "svrctl":
+        asyncio.run(ensure_work_pool(pool))
+    else:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            )
+        )
+    deployment_id = client.create_deployment(
+        flow_id=client.create_flow_from_name("run-task"),
+        name=name,
+        entrypoint=RUN_TASK_ENTRYPOINT,
+        parameters={"task_id": task_id},
+        work_pool_name=pool,
+    )
+    return str(deployment_id)
+
+
+def start_worker(
+    client: Any, pool: str, argv: list[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """Start a worker process in its own session; return once it has registered with ``pool``."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 120
+    while not client.read_workers_for_work_pool(pool):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{argv[0]} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """Stop a worker started by ``start_worker`` (SIGINT to its session, SIGKILL after 60 s)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

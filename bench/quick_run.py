@@ -12,126 +12,29 @@ success, the output, exit code 0, triggered by `api`, and the flow run's id.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from bench.common import Row, median, p95
+from bench.common import (
+    BIN,
+    Row,
+    child_env,
+    deploy_run_task,
+    median,
+    p95,
+    setup_ssh_task,
+    start_worker,
+    stop_worker,
+    use_env,
+)
 
 GOAL_SECONDS = 2.0
 GOAL_RATIO = 0.25
-BIN = Path(sys.executable).parent
-ENTRYPOINT = "svrctl.flows.run_task:run_task"
-
-
-def _child_env(work: Path, api: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SVRCTL_"))}
-    return env | {
-        "HOME": str(work / "user"),
-        "SVRCTL_HOME": str(work / "home"),
-        "SVRCTL_TIMEZONE": "UTC",
-        "PREFECT_API_URL": api,
-        "PREFECT_HOME": str(work / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-
-
-def _setup(work: Path, sshd: Any) -> int:
-    """Create the app database, a server pointing at the sshd and the task; return its id."""
-    from svrctl import runtime
-    from svrctl.db.migrate import upgrade
-    from svrctl.servers import add_server
-    from svrctl.specs import ServerSpec, TaskSpec
-    from svrctl.tasks import add_task
-
-    runtime.reset()
-    settings = runtime.app_settings()
-    upgrade(settings.resolved_database_url)
-    settings.ensure_home()
-    (settings.home / "known_hosts").write_text(sshd.host_key_line + "\n")
-    with runtime.app_database().write() as s:
-        add_server(
-            s,
-            ServerSpec(
-                name="bench",
-                host=sshd.host,
-                port=sshd.port,
-                username=sshd.username,
-                key_path=str(sshd.user_key),
-            ),
-        )
-        spec = TaskSpec(
-            name="bench-quick",
-            kind="ssh",
-            server="bench",
-            command="echo quick",
-            timezone="UTC",
-            overlap_policy="queue",
-        )
-        return add_task(s, spec).id
-
-
-def _deploy(client: Any, pool: str, pool_type: str, task_id: int) -> str:
-    """Create the work pool and a run-task deployment on it; return the deployment's name."""
-    import asyncio
-
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.process import ProcessWorker
-
-    from svrctl.worker import ensure_work_pool
-
-    if pool_type == "svrctl":
-        asyncio.run(ensure_work_pool(pool))
-    else:
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=pool,
-                type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-            )
-        )
-    name = f"quick-{pool_type}"
-    client.create_deployment(
-        flow_id=client.create_flow_from_name("run-task"),
-        name=name,
-        entrypoint=ENTRYPOINT,
-        parameters={"task_id": task_id},
-        work_pool_name=pool,
-    )
-    return name
-
-
-def _start_worker(
-    client: Any, pool: str, pool_type: str, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    argv = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", pool_type]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    deadline = time.monotonic() + 90
-    while not client.read_workers_for_work_pool(pool):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{pool_type} worker did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _one_run(client: Any, deployment: str, env: dict[str, str]) -> tuple[float, float, bool]:
@@ -179,8 +82,10 @@ def _measure(
     client: Any, pool_type: str, task_id: int, env: dict[str, str], work: Path, repeat: int
 ) -> dict[str, Any]:
     pool = f"bench-{pool_type}"
-    deployment = _deploy(client, pool, pool_type, task_id)
-    worker = _start_worker(client, pool, pool_type, env, work / f"{pool_type}-worker.log")
+    deployment = f"quick-{pool_type}"
+    deploy_run_task(client, pool, pool_type, task_id, deployment)
+    argv = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", pool_type]
+    worker = start_worker(client, pool, argv, env, work / f"{pool_type}-worker.log")
     try:
         _one_run(client, deployment, env)  # warm-up: the first run after start-up
         latencies, walls, right = [], [], 0
@@ -190,7 +95,7 @@ def _measure(
             walls.append(wall)
             right += ok
     finally:
-        _stop(worker)
+        stop_worker(worker)
     return {"latency": latencies, "wall": walls, "right": right}
 
 
@@ -204,13 +109,11 @@ def run(quick: bool, prefect_api: str) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "user").mkdir()
-        env = _child_env(work, prefect_api)
-        for key in ("HOME", "SVRCTL_HOME", "SVRCTL_TIMEZONE", "PREFECT_API_URL"):
-            os.environ[key] = env[key]
-        os.environ.pop("SVRCTL_DATABASE_URL", None)
+        env = child_env(work, prefect_api)
+        use_env(env)
         sshd = start_sshd(work / "sshd")
         try:
-            task_id = _setup(work, sshd)
+            task_id = setup_ssh_task(sshd, "bench-quick", "echo quick")
             with (
                 temporary_settings(updates={PREFECT_API_URL: prefect_api}),
                 get_client(sync_client=True) as client,
