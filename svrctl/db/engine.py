@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,8 +58,11 @@ def _create_private_file(path: Path) -> None:
     follow; ones already there from a looser time are tightened too.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+    # Only a file that is not there yet is opened: closing any descriptor of a file that
+    # SQLite has open in this process drops all its locks on it (POSIX locks belong to
+    # the process), and another process could then delete the WAL under our connections.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
     for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
         _make_private(file)
 

@@ -154,7 +154,13 @@ async def run_sync_cancellable(
             done.set()
 
     try:
-        await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        # A thread of its own, outside anyio's shared pool of 40: a step blocks for as
+        # long as its task's timeout, and the runs in one process (the svrctl worker's
+        # limit) must neither wait for each other's steps nor starve Prefect and the
+        # notification hook, which use that pool.
+        await anyio.to_thread.run_sync(
+            work, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+        )
     except anyio.get_cancelled_exc_class():
         control = run_control.get()
         reason = (control.reason if control is not None else None) or DEFAULT_CANCEL_REASON

@@ -164,21 +164,25 @@ def _send(channel: ChannelInfo, notice: Notice, timeout: float) -> str | None:
     remember_secret(secret)
     left = max(0.5, timeout - (time.monotonic() - started))
     rendered = render(channel, notice, secret, left)
+    # apprise sends in this (daemon) thread, bounded by its socket timeouts: with a
+    # deadline of its own it would use its process-wide pool of cores + 4 threads, which
+    # a few hanging channels fill, so that every other channel's notice timed out too.
+    asset = apprise.AppriseAsset(service_timeout=0)
     service = apprise.Apprise.instantiate(
         rendered.plugin if rendered.plugin is not None else (secret or ""),
+        asset=asset,
         suppress_exceptions=True,
     )
     if service is None:
         return f"apprise cannot use this {channel.kind} channel's settings"
     service.socket_connect_timeout = service.socket_read_timeout = left
-    sender = apprise.Apprise()
+    sender = apprise.Apprise(asset=asset)
     sender.add(service)
     result = sender.notify(
         body=rendered.body,
         title=rendered.title,
         body_format="markdown",
         notify_type=_notify_type(notice),
-        timeout=left,
     )
     if result:
         return None
