@@ -3,6 +3,8 @@
 Both flows have a static deployment in the ``svrctl`` work pool, declared in the
 repository's ``prefect.yaml`` (``prefect deploy --all``) and created by ``svrctl up``
 when missing (:func:`ensure_maintenance_deployments`). See docs/maintenance.md.
+The admin flows (:mod:`svrctl.flows.admin`, docs/admin.md) are listed here too
+(:data:`ADMIN_DEPLOYMENTS`): unscheduled deployments tagged ``svrctl-admin``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from svrctl.execution.reconcile import purge_history, reconcile_running
 from svrctl.runtime import app_database, app_settings
 
 __all__ = [
+    "ADMIN_DEPLOYMENTS",
+    "ADMIN_TAG",
     "MAINTENANCE_DEPLOYMENTS",
     "MAINTENANCE_TAG",
+    "STATIC_DEPLOYMENTS",
     "MaintenanceDeployment",
     "ensure_maintenance_deployments",
     "flow_run_state",
@@ -30,6 +35,7 @@ __all__ = [
 
 # Not sync's managed tag ("svrctl"): `svrctl sync` never touches these deployments.
 MAINTENANCE_TAG = "svrctl-maintenance"
+ADMIN_TAG = "svrctl-admin"
 SCHEDULE_SLUG = "svrctl"
 
 
@@ -78,19 +84,22 @@ class MaintenanceDeployment:
         flow_name: The flow's name in Prefect.
         name: The deployment's name (its full name is ``flow_name/name``).
         entrypoint: Module path of the flow in the installed package.
-        cron: 5-field cron expression of its schedule.
+        cron: 5-field cron expression of its schedule; None: no schedule (an admin
+            flow, run from its Custom run form).
         timezone: IANA time zone of the schedule.
         description: What it does (shown in Prefect's UI).
         parameters: The flow's parameters for this deployment.
+        tag: Its one tag: ``svrctl-maintenance``, or ``svrctl-admin`` for admin flows.
     """
 
     flow_name: str
     name: str
     entrypoint: str
-    cron: str
+    cron: str | None
     timezone: str
     description: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    tag: str = MAINTENANCE_TAG
 
     @property
     def full_name(self) -> str:
@@ -151,9 +160,150 @@ MAINTENANCE_DEPLOYMENTS = (
     ),
 )
 
+# The admin flows (svrctl.flows.admin): no schedule; their Custom run form is the editing form.
+ADMIN_DEPLOYMENTS = (
+    MaintenanceDeployment(
+        flow_name="server-add",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:server_add",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Adds a server to svrctl's inventory (svrctl server add); its key passphrase, "
+            "password and sudo password are saved as Secret blocks."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="server-edit",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:server_edit",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Changes a server (svrctl server edit): empty fields stay as they are; new "
+            "secrets are saved as Secret blocks."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="server-remove",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:server_remove",
+        cron=None,
+        timezone="UTC",
+        description=("Removes a server that no task targets (svrctl server rm)."),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="server-test",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:server_test",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Connects to a server, runs a harmless command and remembers its OS (svrctl "
+            "server test)."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="server-trust",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:server_trust",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Shows a server's host key fingerprint; with confirm on, pins it (svrctl server trust)."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="task-add",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:task_add",
+        cron=None,
+        timezone="UTC",
+        description=("Adds a task and creates its deployment (svrctl task add)."),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="task-edit",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:task_edit",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Changes a task and syncs its deployment (svrctl task edit): empty fields stay as "
+            "they are."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="task-remove",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:task_remove",
+        cron=None,
+        timezone="UTC",
+        description=("Removes a task, its history and its deployment (svrctl task rm)."),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="task-enable",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:task_enable",
+        cron=None,
+        timezone="UTC",
+        description=("Enables a task: its schedule fires again (svrctl task enable)."),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="task-disable",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:task_disable",
+        cron=None,
+        timezone="UTC",
+        description=("Disables a task: its schedule stops firing (svrctl task disable)."),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="plugin-configure",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:plugin_configure",
+        cron=None,
+        timezone="UTC",
+        description=(
+            "Configures a plugin on a server with a schedule and its settings: creates or "
+            "updates the task and its deployment in one step."
+        ),
+        tag=ADMIN_TAG,
+    ),
+    MaintenanceDeployment(
+        flow_name="notify-test",
+        name="svrctl",
+        entrypoint="svrctl.flows.admin:notify_test",
+        cron=None,
+        timezone="UTC",
+        description=("Sends a test message to a notification channel (svrctl notify test)."),
+        tag=ADMIN_TAG,
+    ),
+)
+
+# Every static deployment, in prefect.yaml's order.
+STATIC_DEPLOYMENTS = MAINTENANCE_DEPLOYMENTS + ADMIN_DEPLOYMENTS
+
+
+def _flow_of(spec: MaintenanceDeployment) -> Flow[Any, Any]:
+    """Import the flow a static deployment runs, from its entrypoint."""
+    import importlib
+
+    module, _, attribute = spec.entrypoint.partition(":")
+    found: Flow[Any, Any] = getattr(importlib.import_module(module), attribute)
+    return found
+
 
 async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
-    """Create each maintenance deployment that is missing; return the full names created.
+    """Create each static deployment (maintenance and admin) that is missing; return their names.
 
     A deployment that exists is left exactly as it is (its schedule, pool, parameters
     and paused state may have been changed on purpose), so this is idempotent and never
@@ -162,18 +312,9 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule
 
-    from svrctl.flows.summary import summary_report
-    from svrctl.flows.views import refresh_views
-
-    flows: dict[str, Flow[Any, Any]] = {
-        "history-retention": history_retention,
-        "reconcile-runs": reconcile_runs,
-        "summary-report": summary_report,
-        "refresh-views": refresh_views,
-    }
     created: list[str] = []
     async with get_client() as client:
-        for spec in MAINTENANCE_DEPLOYMENTS:
+        for spec in STATIC_DEPLOYMENTS:
             try:
                 await client.read_deployment_by_name(spec.full_name)
                 continue
@@ -185,11 +326,9 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
                 name=spec.name,
                 entrypoint=spec.entrypoint,
                 description=spec.description,
-                tags=[MAINTENANCE_TAG],
+                tags=[spec.tag],
                 parameters=dict(spec.parameters),
-                parameter_openapi_schema=flows[spec.flow_name].parameters.model_dump(
-                    exclude_unset=True
-                ),
+                parameter_openapi_schema=_flow_of(spec).parameters.model_dump(exclude_unset=True),
                 enforce_parameter_schema=True,
                 work_pool_name=pool,
                 work_queue_name="default",
@@ -200,7 +339,9 @@ async def ensure_maintenance_deployments(pool: str = "svrctl") -> list[str]:
                         active=True,
                         slug=SCHEDULE_SLUG,
                     )
-                ],
+                ]
+                if spec.cron
+                else [],
             )
             created.append(spec.full_name)
     return created

@@ -36,8 +36,9 @@ from svrctl.db.migrate import upgrade
 from svrctl.db.models import RunStatus, TaskHistory, utcnow
 from svrctl.execution.history import Outcome, begin_attempt, finish_attempt
 from svrctl.flows.maintenance import (
-    MAINTENANCE_DEPLOYMENTS,
+    ADMIN_TAG,
     MAINTENANCE_TAG,
+    STATIC_DEPLOYMENTS,
     ensure_maintenance_deployments,
 )
 from svrctl.specs import TaskSpec
@@ -49,7 +50,9 @@ from svrctl.worker import ensure_work_pool
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 POOL = "svrctl"
-NAMES = [d.full_name for d in MAINTENANCE_DEPLOYMENTS]
+NAMES = [d.full_name for d in STATIC_DEPLOYMENTS]
+# The scheduled ones need no parameters: each runs once on a worker.
+SCHEDULED = [d.full_name for d in STATIC_DEPLOYMENTS if d.cron]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
 T = TypeVar("T")
@@ -164,17 +167,22 @@ def test_prefect_yaml_declares_the_maintenance_deployments() -> None:
     assert config["push"] is None
     assert config["pull"] == []
     declared = config["deployments"]
-    assert len(declared) == len(MAINTENANCE_DEPLOYMENTS)
-    for entry, spec in zip(declared, MAINTENANCE_DEPLOYMENTS, strict=True):
+    assert len(declared) == len(STATIC_DEPLOYMENTS)
+    for entry, spec in zip(declared, STATIC_DEPLOYMENTS, strict=True):
         assert entry["name"] == spec.name
         assert entry["entrypoint"] == spec.entrypoint
         assert entry["entrypoint"].startswith("svrctl.flows.")
         assert ".py:" not in entry["entrypoint"]
         assert " ".join(entry["description"].split()) == spec.description
         assert entry["work_pool"] == {"name": POOL, "work_queue_name": "default"}
-        assert entry["tags"] == [MAINTENANCE_TAG]
+        assert entry["tags"] == [spec.tag]
+        assert spec.tag in (MAINTENANCE_TAG, ADMIN_TAG)
         assert MANAGED_TAG not in entry["tags"]  # sync must never think it owns them
         assert entry["parameters"] == spec.parameters
+        if spec.cron is None:  # an admin flow: run from its form, never on a schedule
+            assert spec.tag == ADMIN_TAG
+            assert entry["schedules"] == []
+            continue
         assert entry["schedules"] == [
             {"cron": spec.cron, "timezone": spec.timezone, "slug": "svrctl", "active": True}
         ]
@@ -188,14 +196,18 @@ def test_prefect_yaml_declares_the_maintenance_deployments() -> None:
 def test_deploy_all_creates_them_and_a_redeploy_keeps_their_ids(env: Env) -> None:
     env.deploy_all()
     first = {}
-    for spec in MAINTENANCE_DEPLOYMENTS:
+    for spec in STATIC_DEPLOYMENTS:
         d = env.deployment(spec.full_name)
         assert d is not None, spec.full_name
         assert d.entrypoint == spec.entrypoint
         assert d.work_pool_name == POOL
-        assert d.tags == [MAINTENANCE_TAG]
+        assert d.tags == [spec.tag]
         assert d.pull_steps == []
         assert not d.paused
+        if spec.cron is None:
+            assert d.schedules == []
+            first[spec.full_name] = (d.id, None)
+            continue
         [schedule] = d.schedules
         assert schedule.active
         assert schedule.slug == "svrctl"
@@ -209,8 +221,8 @@ def test_deploy_all_creates_them_and_a_redeploy_keeps_their_ids(env: Env) -> Non
     for name, ids in first.items():
         d = env.deployment(name)
         assert d is not None
-        assert (d.id, d.schedules[0].id) == ids
-        assert len(d.schedules) == 1
+        assert (d.id, d.schedules[0].id if d.schedules else None) == ids
+        assert len(d.schedules) == (1 if ids[1] else 0)
 
 
 def test_svrctl_up_creates_what_prefect_deploy_creates_and_keeps_changes(env: Env) -> None:
@@ -333,7 +345,7 @@ def test_each_maintenance_deployment_runs_on_a_svrctl_worker(env: Env) -> None:
         )
     try:
         runs = {}
-        for name in NAMES:
+        for name in SCHEDULED:
             r = env.run(str(BIN / "prefect"), "deployment", "run", name, timeout=120)
             assert r.returncode == 0, r.stdout + r.stderr
             runs[name] = _run_id(r.stdout)

@@ -79,67 +79,9 @@ def _server_options(*, edit: bool) -> Callable[[F], F]:
 
 def _changes(**options: Any) -> dict[str, Any]:
     """Keep the options that were given."""
-    out = {k: v for k, v in options.items() if v is not None and v != ()}
-    if "tags" in out:
-        out["tags"] = list(out["tags"])
-    if "max_concurrent" in out:
-        out["max_concurrent"] = _max_concurrent(out["max_concurrent"])
-    return out
+    from svrctl.admin import server_changes
 
-
-def _max_concurrent(value: str) -> int | None:
-    """Read --max-concurrent: a number of runs; '', 0 or 'off' mean no limit."""
-    from svrctl.exceptions import BadInputError
-
-    text = value.strip().lower()
-    if text in ("", "0", "off", "none"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise BadInputError(
-            f"invalid max_concurrent (--max-concurrent): {value!r} is not a whole number "
-            "of runs (use '' or 0 to remove the limit)",
-            field="max_concurrent",
-        ) from None
-
-
-def _sync_server(app: App, name: str, before: dict[str, Any] | None, after: Any) -> None:
-    """Sync what a server change touches in Prefect: its limit, its tasks' deployments.
-
-    Args:
-        app: The CLI state.
-        name: The server's name.
-        before: The server as it was (None for a new server).
-        after: The server as it is now (None once removed).
-    """
-    from sqlalchemy import or_, select
-
-    from svrctl.cli.sync import auto_sync
-    from svrctl.db.models import Task
-    from svrctl.sync import Scope
-
-    rows = [d for d in (before, after) if d is not None]
-    tags = {t for d in rows for t in d["tags"]}
-    ids = {d["id"] for d in rows}
-    with app.db().read() as session:
-        tasks = list(
-            session.execute(
-                select(Task.id, Task.name, Task.deployment_id).where(
-                    or_(Task.server_id.in_(ids), Task.server_tag.in_(tags))
-                )
-            )
-        )
-    limited = any(d.get("max_concurrent") for d in rows)
-    if not tasks and not limited:
-        return
-    scope = Scope(
-        task_ids=frozenset(t.id for t in tasks),
-        names=frozenset(t.name for t in tasks),
-        deployment_ids=frozenset(t.deployment_id for t in tasks if t.deployment_id),
-        servers=frozenset({name}) if limited else frozenset(),
-    )
-    auto_sync(app, scope, what=f"server {name}", schedule_waits=False)
+    return server_changes(**options)
 
 
 @server.command("add")
@@ -148,13 +90,11 @@ def _sync_server(app: App, name: str, before: dict[str, Any] | None, after: Any)
 @pass_app
 def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     """Add a server."""
-    from svrctl.servers import add_server, server_to_dict
-    from svrctl.specs import ServerSpec, validate
+    from svrctl.admin import add_server_entry
+    from svrctl.cli.sync import feedback
 
-    spec = validate(ServerSpec, {"name": name, **_changes(**options)})
-    with app.db().write() as session:
-        data = server_to_dict(session, add_server(session, spec))
-    _sync_server(app, name, None, data)
+    fields = {"name": name, **_changes(**options)}
+    data = add_server_entry(app.db(), app.settings, fields, feedback())
     _print_saved("added", data, as_json)
 
 
@@ -164,20 +104,11 @@ def add_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
 @pass_app
 def edit_cmd(app: App, /, name: str, as_json: bool, **options: Any) -> None:
     """Change a server's settings; options not given stay as they are."""
-    from svrctl.servers import get_server, server_to_dict, update_server
+    from svrctl.admin import edit_server_entry
+    from svrctl.cli.sync import feedback
 
-    with app.db().write() as session:
-        before = server_to_dict(session, get_server(session, name))
-        data = server_to_dict(session, update_server(session, name, _changes(**options)))
-    if _sync_matters(before, data):
-        _sync_server(app, name, before, data)
+    data = edit_server_entry(app.db(), app.settings, name, _changes(**options), feedback())
     _print_saved("updated", data, as_json)
-
-
-def _sync_matters(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Tell whether a server change can change anything in Prefect."""
-    keys = ("name", "work_pool", "tags", "enabled", "max_concurrent")
-    return any(before[k] != after[k] for k in keys)
 
 
 def _print_saved(verb: str, data: dict[str, Any], as_json: bool) -> None:
@@ -244,21 +175,11 @@ def show_cmd(app: App, name: str, as_json: bool) -> None:
 @pass_app
 def rm_cmd(app: App, name: str) -> None:
     """Remove a server that no task targets."""
-    from svrctl.servers import get_server, remove_server, server_to_dict
+    from svrctl.admin import remove_server_entry
+    from svrctl.cli.sync import feedback
 
-    with app.db().write() as session:
-        before = server_to_dict(session, get_server(session, name))
-        remove_server(session, name)
-    _sync_server(app, name, before, None)
+    remove_server_entry(app.db(), app.settings, name, feedback())
     click.echo(f"✓ removed server {name}")
-
-
-def _target(app: App, name: str) -> Any:
-    from svrctl.servers import get_server
-    from svrctl.ssh.target import target_for_server
-
-    with app.db().read() as session:
-        return target_for_server(session, get_server(session, name), app.settings)
 
 
 @server.command("test")
@@ -270,14 +191,11 @@ def test_cmd(app: App, name: str, timeout: float, as_json: bool) -> None:
     """Connect, run a harmless command, report latency and the OS, and remember them."""
     import dataclasses
 
-    from svrctl.db.models import utcnow
+    from svrctl.admin import test_server
     from svrctl.exceptions import SshError
-    from svrctl.servers import get_server
-    from svrctl.ssh.probe import test_connection
 
-    target = _target(app, name)
     try:
-        report = test_connection(target, timeout=timeout)
+        report = test_server(app.db(), app.settings, name, timeout)
     except SshError as exc:
         if as_json:
             kind = type(exc).__name__
@@ -285,9 +203,6 @@ def test_cmd(app: App, name: str, timeout: float, as_json: bool) -> None:
         else:
             click.echo(f"✗ {name}: {exc.message}", err=True)
         raise SystemExit(1) from None
-    with app.db().write() as session:
-        row = get_server(session, name)
-        row.os_type, row.os_version, row.last_seen = report.os_type, report.os_version, utcnow()
     if as_json:
         echo_json({"ok": True, **dataclasses.asdict(report)})
         return
@@ -307,33 +222,27 @@ def test_cmd(app: App, name: str, timeout: float, as_json: bool) -> None:
 @pass_app
 def trust_cmd(app: App, name: str, yes: bool, as_json: bool) -> None:
     """Fetch a server's host key, show its fingerprint, and pin it."""
-    from svrctl.ssh.connection import fetch_host_key
-    from svrctl.ssh.hostkeys import fingerprint, known_keys, pin_host_key
+    from svrctl.admin import host_key_offer, pin_offer
 
-    target = _target(app, name)
-    key = fetch_host_key(target)
-    known = known_keys(target)
+    offer = host_key_offer(app.db(), app.settings, name)
     print_ = (lambda *_a, **_k: None) if as_json else click.echo
-    print_(f"{name} ({target.known_hosts_name}) presents {key.get_name()} {fingerprint(key)}")
-    pinned = known.get(key.get_name())
-    if pinned is not None and pinned == key:
+    print_(f"{name} ({offer.where}) presents {offer.key_type} {offer.fingerprint}")
+    if offer.trusted:
         print_("✓ already trusted: this key is pinned")
         state = "already-trusted"
     else:
-        if known:
-            old = ", ".join(f"{kt} {fingerprint(k)}" for kt, k in known.items())
-            print_(f"! this REPLACES the pinned key {old}")
+        if offer.replaces:
+            print_(f"! this REPLACES the pinned key {offer.replaces}")
         if not yes and not click.confirm("Trust and pin this key?", err=True):
             raise SystemExit(1)
-        path = pin_host_key(target, key, replace=bool(known))
+        state, path = pin_offer(offer)
         print_(f"✓ pinned in {path}")
-        state = "replaced" if known else "pinned"
     if as_json:
         echo_json(
             {
                 "server": name,
-                "key_type": key.get_name(),
-                "fingerprint": fingerprint(key),
+                "key_type": offer.key_type,
+                "fingerprint": offer.fingerprint,
                 "state": state,
             }
         )
