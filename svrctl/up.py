@@ -223,6 +223,7 @@ async def _prepare_prefect(settings: Settings, echo: Echo) -> None:
     from svrctl.automations import ensure_zombie_automation
     from svrctl.execution.reconcile import reconcile_running
     from svrctl.flows.maintenance import (
+        ADMIN_DEPLOYMENTS,
         MAINTENANCE_DEPLOYMENTS,
         ensure_maintenance_deployments,
         flow_run_state,
@@ -237,11 +238,18 @@ async def _prepare_prefect(settings: Settings, echo: Echo) -> None:
         echo("✓ added the automation that marks runs without heartbeats Crashed")
     # Created when missing, never updated: a schedule changed in Prefect stays changed.
     created = await ensure_maintenance_deployments(DEFAULT_POOL)
-    if created:
-        echo(f"✓ added the maintenance deployments {', '.join(created)} (docs/maintenance.md)")
-    else:
-        names = ", ".join(d.full_name for d in MAINTENANCE_DEPLOYMENTS)
-        echo(f"✓ maintenance deployments {names}")
+    for kind, specs, doc in (
+        ("maintenance", MAINTENANCE_DEPLOYMENTS, "docs/maintenance.md"),
+        ("admin", ADMIN_DEPLOYMENTS, "docs/admin.md"),
+    ):
+        added = [d.full_name for d in specs if d.full_name in created]
+        if added:
+            echo(f"✓ added the {kind} deployments {', '.join(added)} ({doc})")
+        else:
+            echo(f"✓ {kind} deployments {', '.join(d.full_name for d in specs)}")
+    from svrctl.blocks_sync import up_blocks  # block types, then block edits (docs/blocks.md)
+
+    await asyncio.to_thread(up_blocks, app_database(settings), os.environ["PREFECT_API_URL"], echo)
     plan = await sync_all(app_database(settings))
     echo(f"✓ synced tasks to deployments: {plan.summary()}")
     fixed = await reconcile_running(app_database(settings), flow_run_state)

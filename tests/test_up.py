@@ -97,6 +97,8 @@ def test_up_serves_runs_the_demo_and_stops_on_sigint(
     lines.wait_for("next scheduled runs:", timeout=1)
     # retention and reconciliation are scheduled without a separate `prefect deploy`
     lines.wait_for("added the maintenance deployments", timeout=1)
+    lines.wait_for("✓ block types registered; blocks: ", timeout=1)  # docs/blocks.md
+    assert httpx.get(f"{ui}/api/block_types/slug/svrctl-server", timeout=10).status_code == 200
     for name in ("history-retention/svrctl", "reconcile-runs/svrctl"):
         found = httpx.get(f"{ui}/api/deployments/name/{name}", timeout=10)
         assert found.status_code == 200, name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from svrctl.cli.app import App, SvrctlGroup
+from svrctl.cli.blocks import blocks
 from svrctl.cli.cron import cron
 from svrctl.cli.db import db
 from svrctl.cli.metrics import metrics
@@ -36,6 +37,7 @@ cli.add_command(task)
 cli.add_command(plugin)
 cli.add_command(metrics)
 cli.add_command(notify)
+cli.add_command(blocks)
 cli.add_command(sync)
 cli.add_command(cron)
 cli.add_command(up)

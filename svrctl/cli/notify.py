@@ -175,9 +175,11 @@ def list_cmd(app: App, as_json: bool) -> None:
 @pass_app
 def rm_cmd(app: App, name: str) -> None:
     """Remove channel NAME and its Secret block; refused while a task names it."""
+    from svrctl.cli.blocks import forget_block
     from svrctl.notify.channels import remove_channel
 
     warning = remove_channel(app.db(), name)
+    forget_block(app, "channel", name)  # its svrctl-notify-channel block, docs/blocks.md
     click.echo(f"✓ removed channel {name}")
     if warning:
         click.echo(f"! {warning}", err=True)
@@ -190,23 +192,10 @@ def rm_cmd(app: App, name: str) -> None:
 def test_cmd(app: App, name: str, as_json: bool) -> None:
     """Send a test message to channel NAME; exit 1 when it is not delivered."""
     import dataclasses
-    import socket
 
-    from svrctl.notify import Event, Notice
-    from svrctl.notify.channels import ChannelInfo, get_channel
-    from svrctl.notify.deliver import deliver_to
+    from svrctl.admin import test_channel
 
-    db = app.db()
-    with db.read() as session:
-        channel = ChannelInfo.of(get_channel(session, name))
-    notice = Notice(
-        event=Event.TEST,
-        title="svrctl test notification",
-        body=f"Channel **{name}** works: this is a test message from svrctl on "
-        f"`{socket.gethostname()}`.",
-        priority=5,
-    )
-    (result,) = deliver_to(db, app.settings, notice, [channel])
+    result = test_channel(app.db(), app.settings, name)
     if as_json:
         echo_json(dataclasses.asdict(result))
     elif result.ok:

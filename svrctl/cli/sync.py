@@ -10,9 +10,10 @@ from svrctl.cli.app import App, pass_app
 from svrctl.cli.render import echo_json
 
 if TYPE_CHECKING:
+    from svrctl.admin import Feedback
     from svrctl.sync import Scope, SyncReport
 
-__all__ = ["auto_sync", "sync"]
+__all__ = ["auto_sync", "feedback", "sync"]
 
 
 @click.command("sync")
@@ -22,22 +23,28 @@ __all__ = ["auto_sync", "sync"]
 def sync(app: App, dry_run: bool, as_json: bool) -> None:
     """Make Prefect match the app database: one deployment per task, per-server limits.
 
-    Creates, updates and deletes only what differs, and prints the plan. Only
+    First applies server and channel blocks edited after the database, and writes the
+    database back to the blocks (`svrctl blocks`, docs/blocks.md). Creates, updates
+    and deletes only what differs, and prints the plan. Only
     deployments tagged 'svrctl' are ever updated or deleted. Exits 2 when no Prefect
     API answers, 1 when a task could not be synced or a change failed.
     """
+    from svrctl.blocks_sync import sync_blocks
+    from svrctl.cli.blocks import print_blocks_report
     from svrctl.sync import require_api
     from svrctl.sync import sync as run_sync
 
     db = app.db()
     url = require_api(app.settings)
+    blocks = sync_blocks(db, url, dry_run=dry_run)  # block edits first (docs/blocks.md)
     report = run_sync(db, url, dry_run=dry_run)
     skip_final_gc()
     if as_json:
-        echo_json(report.to_dict())
+        echo_json(report.to_dict() | {"blocks": blocks.to_dict()})
     else:
+        print_blocks_report(blocks)
         print_report(report)
-    if not report.ok:
+    if not report.ok or not blocks.ok:
         raise SystemExit(1)
 
 
@@ -72,51 +79,21 @@ def print_report(report: SyncReport) -> None:
 def auto_sync(app: App, scope: Scope, *, what: str, schedule_waits: bool) -> SyncReport | None:
     """Sync the deployments one command changed, if a Prefect API answers; else say so.
 
-    The change is already saved in the app database; a failed sync never undoes it or
-    changes the exit code. Messages go to stderr, so ``--json`` output stays clean.
-
-    Args:
-        app: The CLI state.
-        scope: The tasks and servers the command changed.
-        what: What changed, for messages ("task backup").
-        schedule_waits: True when an enabled schedule waits for the sync, so the
-            missing Prefect API is worth a note even when none is configured at all.
-
-    Returns:
-        The sync report, or None when nothing was synced.
+    See :func:`svrctl.admin.sync_change`; messages go to stderr, so ``--json`` output
+    stays clean, and a failed sync never changes the exit code.
     """
-    from svrctl.sync import find_api
-    from svrctl.sync import sync as run_sync
+    from svrctl.admin import sync_change
 
-    target = find_api(app.settings)
-    if target.url is None:
-        if target.configured:
-            _warn(
-                f"warning: Prefect was not updated: {target.problem}. The change to {what} is "
-                "saved in svrctl's database; run `svrctl sync` once Prefect is reachable."
-            )
-        elif schedule_waits:
-            _warn(
-                f"note: {what} is saved, but {target.problem}, so its schedule does not run "
-                "yet; run `svrctl sync` once Prefect runs."
-            )
-        return None
-    skip_final_gc()
-    try:
-        report = run_sync(app.db(), target.url, scope=scope)
-    except Exception as exc:  # Prefect went away mid-sync, or answered with an error
-        _warn(
-            f"warning: Prefect was not updated ({type(exc).__name__}: {exc}). The change to "
-            f"{what} is saved in svrctl's database; run `svrctl sync` to retry."
-        )
-        return None
-    for problem in report.problems:
-        _warn(f"warning: {problem}")
-    for action in report.failed:
-        _warn(f"warning: Prefect was not fully updated: {action.line()}")
-    if not report.ok:
-        _warn("  the change is saved in svrctl's database; run `svrctl sync` to retry.")
-    return report
+    return sync_change(
+        app.db(), app.settings, scope, what=what, schedule_waits=schedule_waits, feedback=feedback()
+    )
+
+
+def feedback() -> Feedback:
+    """Return the CLI's feedback: warnings on stderr, no final garbage collection after a sync."""
+    from svrctl.admin import Feedback
+
+    return Feedback(warn=_warn, before_sync=skip_final_gc)
 
 
 def _warn(message: str) -> None:
