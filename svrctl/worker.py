@@ -24,13 +24,15 @@ and database are imported when a run needs them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from uuid import UUID
 
 import anyio
@@ -50,10 +52,14 @@ from svrctl.execution.cancel import DEFAULT_CANCEL_GRACE_SECONDS, RunControl, ru
 
 if TYPE_CHECKING:
     from prefect._internal.observers import FlowRunCancellingObserver
+    from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import Flow as APIFlow
     from prefect.client.schemas.objects import FlowRun, State, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
     from prefect.flows import Flow
+    from prefect.settings import Settings
+
+    from svrctl.execution.engine import RunRequest, TaskExecutionResult
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -98,11 +104,36 @@ CANCELLATION_POLL_SECONDS = 5.0
 # must be done by its time: with 0.5 s or 2 s left, a third of the runs of
 # benchmark 3 started 4-13 s late; with 5 s, none more than 1 s.
 CLAIM_LEAD_SECONDS = 5.0
+# While the Prefect API is unreachable (its server restarting), the worker tries its
+# calls for a run it took again, after 1 s and then every 2 s, for at most this long:
+# a run it claimed must not be left Pending, holding its slot. These calls are made
+# with the Prefect client's own retries off: its back-off (2 s to 32 s) would keep a
+# claimed run waiting up to half a minute after the API is back.
+API_RETRY_SECONDS = 600.0
+API_RETRY_MAX_DELAY = 2.0
+# HTTP statuses that say the API is away or overloaded (the client's own retry codes).
+API_AWAY_STATUSES = frozenset({408, 429, 502, 503, 504})
+# Name of the Cancelled state of a scheduled run the worker recorded missed.
+MISSED_STATE_NAME = "Missed"
+# The worker checks a scheduled run against its task's misfire grace only when the run
+# is more than this late; the run-task flow checks every run itself when it starts.
+LATE_CHECK_SECONDS = 1.0
+# How long past the notification timeout the notifications of a missed run may take.
+NOTIFY_GRACE_SECONDS = 5.0
+# What Prefect says of a run it cancelled because its deployment's slot was taken.
+CONCURRENCY_CANCELLED = "Deployment concurrency limit reached."
+# How far back (by due time) the worker looks for such runs, and how many at most.
+CANCELLED_LOOKBACK = timedelta(hours=1)
+CANCELLED_LOOKUP_LIMIT = 200
 CANCELLED_IN_PREFECT = "the flow run was cancelled in Prefect"
 WORKER_STOPPED = "the svrctl worker running it stopped"
 
 log = logging.getLogger("svrctl.worker")
 _HOSTNAME = socket.gethostname()
+T = TypeVar("T")
+# Prefect's settings in force, and a copy of them with the client's retries off (made
+# when the worker starts: a copy takes a fifth of a second).
+_retries_off: tuple[Settings, Settings] | None = None
 
 
 class SvrctlJobConfiguration(BaseJobConfiguration):
@@ -136,6 +167,32 @@ class SvrctlJobConfiguration(BaseJobConfiguration):
     def entrypoint(self) -> str | None:
         """Return the deployment's entrypoint (``module.path:flow`` or ``file.py:flow``)."""
         return self._entrypoint
+
+    @classmethod
+    async def resolve_for_flow_run(
+        cls,
+        flow_run: FlowRun,
+        *,
+        client: PrefectClient,
+        work_pool: WorkPool,
+        worker_name: str,
+        worker_id: UUID | None = None,
+        deployment: DeploymentResponse | None = None,
+    ) -> Self:
+        """Build a claimed run's configuration, trying again while the API is unreachable."""
+        resolve = super().resolve_for_flow_run
+        return await _until_api_answers(
+            lambda: resolve(
+                flow_run,
+                client=client,
+                work_pool=work_pool,
+                worker_name=worker_name,
+                worker_id=worker_id,
+                deployment=deployment,
+            ),
+            "read the flow run's deployment",
+            log,
+        )
 
     def prepare_for_flow_run(
         self,
@@ -293,6 +350,8 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         self._flows: dict[str, Flow[Any, Any]] = {}
         self._flow_lock: asyncio.Lock | None = None
         self._claim_lock: asyncio.Lock | None = None
+        self._entrypoints: dict[UUID, str | None] = {}
+        self._sweeping: set[UUID] = set()
         self._run_observer: FlowRunCancellingObserver | None = None
         self._watch_scope = anyio.CancelScope()
 
@@ -360,6 +419,7 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         Otherwise the first run imports paramiko and the rest while it runs, holding
         Python's import lock, and runs starting at the same time wait for it.
         """
+        _client_retries_off()  # makes its settings now rather than during a run
         try:
             await self._load_flow(RUN_TASK_ENTRYPOINT)
 
@@ -470,7 +530,9 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         """Claim a prefetched run only when it is nearly due, then as Prefect's worker does.
 
         While it waits the run stays Scheduled (it can still be cancelled or
-        deleted in Prefect), and this worker does not fetch it twice.
+        deleted in Prefect), and this worker does not fetch it twice. A scheduled
+        run already later than its task's misfire grace is not claimed: it is
+        recorded missed (see ``_record_if_missed``).
         """
         when = _scheduled_time(flow_run)
         if when is not None:
@@ -480,7 +542,300 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         # One claim at a time: claims of runs due together contend for the server's
         # database otherwise.
         async with self._claim_lock:
-            return await super()._propose_pending_state(flow_run)
+            if await self._record_if_missed(flow_run, None):
+                return False
+            return await self._claim(flow_run)
+
+    async def _claim(self, flow_run: FlowRun) -> bool:
+        """Propose Pending as Prefect's worker does, trying again while the API is unreachable.
+
+        A claim whose answer was lost (the server went away during the request)
+        may have been made: when Prefect then refuses another Pending, the run is
+        this worker's if it has been Pending since the first try.
+        """
+        from prefect.exceptions import Abort
+        from prefect.states import Pending
+        from prefect.utilities.engine import propose_state
+
+        run_logger = self.get_flow_run_logger(flow_run)
+        since = datetime.now(UTC)
+        deadline = time.monotonic() + API_RETRY_SECONDS
+        delay, unsure = 1.0, False
+        while True:
+            try:
+                with _client_retries_off():
+                    state = await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
+            except Abort as exc:
+                if unsure and await self._pending_since(flow_run, since):
+                    return True
+                run_logger.info(
+                    "Aborted submission of flow run '%s'. Server sent an abort signal: %s",
+                    flow_run.id,
+                    exc,
+                )
+                return False
+            except Exception as exc:
+                if _api_unreachable(exc) and time.monotonic() + delay < deadline:
+                    if not unsure:
+                        run_logger.warning(
+                            "the Prefect API is unreachable (%s): claiming flow run '%s' "
+                            "again until it is back",
+                            type(exc).__name__,
+                            flow_run.id,
+                        )
+                    unsure = True
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, API_RETRY_MAX_DELAY)
+                    continue
+                run_logger.exception("Failed to update state of flow run '%s'", flow_run.id)
+                return False
+            if not state.is_pending():
+                run_logger.info(
+                    "Aborted submission of flow run '%s': Server returned a non-pending state %r",
+                    flow_run.id,
+                    state.type.value,
+                )
+                return False
+            return True
+
+    async def _pending_since(self, flow_run: FlowRun, since: datetime) -> bool:
+        """Tell whether the run has been Pending (claimed, not started) since ``since``."""
+        try:
+            current = await _until_api_answers(
+                lambda: self.client.read_flow_run(flow_run.id), "read the flow run", self._logger
+            )
+        except Exception:
+            return False
+        state = current.state
+        return (
+            state is not None
+            and state.is_pending()
+            and state.name == "Pending"
+            and state.timestamp >= since
+        )
+
+    async def _record_if_missed(self, flow_run: FlowRun, entrypoint: str | None) -> bool:
+        """Record a stale scheduled run ``missed`` and end it in Prefect, without running it.
+
+        A scheduled run of the run-task flow whose task's misfire grace has passed
+        (a backlog after the worker or the Prefect API was away) does not take its
+        deployment's concurrency slot: its flow run becomes Cancelled, named
+        ``Missed``, with the reason as message (event ``prefect.flow-run.Missed``,
+        which starts no chain), and it gets one ``missed`` history row, counted
+        once, through the same code as a run that records itself missed. Returns
+        True when the run is over (recorded missed, or deleted).
+        """
+        request = _schedule_request(flow_run, self.get_flow_run_logger(flow_run))
+        if request is None:
+            return False
+        from prefect.client.schemas.responses import SetStateStatus
+        from prefect.exceptions import ObjectNotFound
+        from prefect.states import Cancelled
+
+        from svrctl.execution.engine import misfire, record_missed
+        from svrctl.runtime import app_database
+
+        try:
+            if entrypoint is None:
+                entrypoint = await self._entrypoint_of(flow_run)
+            if entrypoint != RUN_TASK_ENTRYPOINT:
+                return False
+            error = await anyio.to_thread.run_sync(lambda: misfire(app_database(), request))
+            if error is None:
+                return False
+            state: State[Any] = Cancelled(name=MISSED_STATE_NAME, message=error)
+            result = await _until_api_answers(
+                lambda: self.client.set_flow_run_state(flow_run.id, state),
+                "record the flow run missed",
+                self._logger,
+            )
+        except ObjectNotFound:
+            return True
+        except Exception as exc:  # the run is claimed as usual and reports the problem itself
+            self._logger.warning(
+                "could not check whether flow run %s is missed: %s: %s",
+                flow_run.id,
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        if result.status is not SetStateStatus.ACCEPT:
+            return False
+        try:  # the row, counted once; its warning goes to the run's log
+            missed = await anyio.to_thread.run_sync(
+                lambda: record_missed(app_database(), request, error)
+            )
+        except Exception:
+            request.log.exception("the missed run's history row could not be written")
+            return True
+        if self._runs_task_group is not None:
+            self._runs_task_group.start_soon(self._notify_missed, missed, str(flow_run.id))
+            if flow_run.deployment_id is not None:
+                self._runs_task_group.start_soon(
+                    self._record_cancelled_stale, flow_run.deployment_id
+                )
+        return True
+
+    async def _record_cancelled_stale(self, deployment_id: UUID) -> None:
+        """Record ``missed`` the stale runs Prefect cancelled for the deployment's limit.
+
+        While a run the worker claimed before an outage still holds its
+        deployment's slot, Prefect cancels the runs it marks Late meanwhile
+        (overlap ``skip``) before any worker sees them. Once the worker has recorded
+        a run of the deployment missed (which frees the slot), each such run that
+        was already later than its task's misfire grace when Prefect cancelled it,
+        and has no history row, gets its ``missed`` row and the same Cancelled
+        state named ``Missed``. Never fails.
+        """
+        if deployment_id in self._sweeping:
+            return
+        self._sweeping.add(deployment_id)
+        try:
+            for run in await self._cancelled_for_concurrency(deployment_id):
+                await self._record_one_cancelled(run)
+        except Exception as exc:
+            self._logger.warning(
+                "could not look for stale runs cancelled by Prefect: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            self._sweeping.discard(deployment_id)
+
+    async def _cancelled_for_concurrency(self, deployment_id: UUID) -> list[FlowRun]:
+        """Return the deployment's recent runs Prefect cancelled for its concurrency limit."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        runs = await _until_api_answers(
+            lambda: self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.CANCELLED])
+                    ),
+                    expected_start_time=FlowRunFilterExpectedStartTime(
+                        # typed as Prefect's DateTime; any aware datetime is accepted
+                        after_=cast(Any, datetime.now(UTC) - CANCELLED_LOOKBACK)
+                    ),
+                ),
+                limit=CANCELLED_LOOKUP_LIMIT,
+            ),
+            "read the cancelled flow runs",
+            self._logger,
+        )
+        return [
+            r
+            for r in runs
+            if r.state is not None
+            and r.state.name == "Cancelled"
+            and r.state.message == CONCURRENCY_CANCELLED
+        ]
+
+    async def _record_one_cancelled(self, run: FlowRun) -> None:
+        """Record one run Prefect cancelled for concurrency ``missed``, if it was stale."""
+        from prefect.states import Cancelled
+
+        from svrctl.execution.engine import record_missed
+        from svrctl.runtime import app_database
+
+        request = _schedule_request(run, self.get_flow_run_logger(run))
+        if request is None or run.state is None:
+            return
+        at = run.state.timestamp
+        error = await anyio.to_thread.run_sync(lambda: _stale_without_rows(request, at))
+        if error is None:
+            return
+        error += " (Prefect cancelled it: an earlier run of the task held its slot)"
+        state: State[Any] = Cancelled(name=MISSED_STATE_NAME, message=error)
+        await _until_api_answers(
+            lambda: self.client.set_flow_run_state(run.id, state, force=True),
+            "record the flow run missed",
+            self._logger,
+        )
+        missed = await anyio.to_thread.run_sync(
+            lambda: record_missed(app_database(), request, error)
+        )
+        if self._runs_task_group is not None:
+            self._runs_task_group.start_soon(self._notify_missed, missed, str(run.id))
+
+    async def _entrypoint_of(self, flow_run: FlowRun) -> str | None:
+        """Return the entrypoint of the flow run's deployment (read once per deployment)."""
+        deployment_id = flow_run.deployment_id
+        if deployment_id is None:
+            return None
+        if deployment_id not in self._entrypoints:
+            deployment = await _until_api_answers(
+                lambda: self.client.read_deployment(deployment_id),
+                "read the flow run's deployment",
+                self._logger,
+            )
+            self._entrypoints[deployment_id] = deployment.entrypoint
+        return self._entrypoints[deployment_id]
+
+    async def _notify_missed(self, result: TaskExecutionResult, flow_run_id: str) -> None:
+        """Run the notification hook for a run recorded missed; never fails, never waits long."""
+        from svrctl.notify.after_run import notify_after_run, run_from_result
+        from svrctl.runtime import app_database, app_settings
+
+        try:
+            settings = app_settings()
+            with anyio.move_on_after(settings.notify_timeout_seconds + NOTIFY_GRACE_SECONDS):
+                await anyio.to_thread.run_sync(
+                    lambda: notify_after_run(
+                        app_database(settings), settings, run_from_result(result, flow_run_id)
+                    ),
+                    abandon_on_cancel=True,
+                )
+        except Exception as exc:
+            self._logger.warning(
+                "notifications of missed flow run %s failed: %s", flow_run_id, type(exc).__name__
+            )
+
+    async def _give_worker_labels_to_flow_run(self, flow_run_id: UUID) -> None:
+        """Label a claimed run with this worker, trying again while the API is unreachable."""
+        give = super()._give_worker_labels_to_flow_run
+        await _until_api_answers(lambda: give(flow_run_id), "label the flow run", self._logger)
+
+    async def _propose_submitting_state(self, flow_run: FlowRun) -> None:
+        """Mark a claimed run Submitting, trying again while the API is unreachable (bounded)."""
+        from prefect.exceptions import Abort
+        from prefect.states import Submitting
+        from prefect.utilities.engine import propose_state
+
+        try:
+            await _until_api_answers(
+                lambda: propose_state(self.client, Submitting(), flow_run_id=flow_run.id),
+                "mark the flow run submitting",
+                self._logger,
+            )
+        except Abort:
+            pass
+        except Exception:  # as in Prefect's worker: the run goes on
+            self._logger.debug(
+                "Failed to update flow run '%s' to Submitting state", flow_run.id, exc_info=True
+            )
+
+    async def _propose_crashed_state(
+        self, flow_run: FlowRun, message: str, client: PrefectClient | None = None
+    ) -> None:
+        """Report a run Crashed; while the API is unreachable, wait for it first (bounded).
+
+        Prefect's worker gives up on the report at once, which would leave a run
+        this worker claimed Pending, holding its deployment's concurrency slot.
+        """
+        api = client or self.client
+        with contextlib.suppress(Exception):  # the report below says what went wrong
+            await _until_api_answers(
+                lambda: api.read_flow_run(flow_run.id), "report the flow run crashed", self._logger
+            )
+        await super()._propose_crashed_state(flow_run, message, client=client)
 
     async def _run_job(
         self,
@@ -499,10 +854,14 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
                     scope.cancel()
                 if configuration.wait_for_scheduled_time:
                     await _sleep_until(_scheduled_time(flow_run))
-                fresh = await self.client.read_flow_run(flow_run.id)
+                fresh = await _until_api_answers(
+                    lambda: self.client.read_flow_run(flow_run.id), "start the flow run", run_logger
+                )
                 if fresh.state is not None and fresh.state.is_cancelling():
                     job.cancel(CANCELLED_IN_PREFECT)  # before the observer saw it
                     await anyio.lowlevel.checkpoint()
+                elif await self._record_if_missed(fresh, configuration.entrypoint):
+                    return code  # claimed in time, but the API was away until it was stale
                 engine = _InProcessFlowRunEngine(
                     flow=flow,
                     flow_run=fresh,
@@ -638,6 +997,108 @@ def _parameters(flow: Flow[Any, Any], flow_run: FlowRun) -> dict[str, Any]:
 
     args, kwargs = parameters_to_args_kwargs(flow.fn, flow_run.parameters or {})
     return get_call_parameters(flow.fn, args, kwargs)
+
+
+def _schedule_request(
+    flow_run: FlowRun, run_logger: logging.LoggerAdapter[Any]
+) -> RunRequest | None:
+    """Return the run request of a scheduled run more than LATE_CHECK_SECONDS late, else None."""
+    due = flow_run.expected_start_time
+    if flow_run.deployment_id is None or not flow_run.auto_scheduled or due is None:
+        return None
+    if datetime.now(UTC) - due <= timedelta(seconds=LATE_CHECK_SECONDS):
+        return None
+    parameters = flow_run.parameters or {}
+    task_id, force = parameters.get("task_id"), parameters.get("force", False)
+    if type(task_id) is not int or not isinstance(force, bool):
+        return None  # the run itself refuses bad parameters
+    from svrctl.db.models import TriggeredBy
+    from svrctl.execution.engine import RunRequest
+
+    return RunRequest(
+        task_id=task_id,
+        force=force,
+        triggered_by=TriggeredBy.SCHEDULE,
+        flow_run_id=str(flow_run.id),
+        scheduled_at=due,
+        log=run_logger,
+    )
+
+
+def _stale_without_rows(request: RunRequest, at: datetime) -> str | None:
+    """Return the ``missed`` message of a run with no history row, stale at ``at``; else None."""
+    from sqlalchemy import select
+
+    from svrctl.db.models import TaskHistory
+    from svrctl.execution.engine import misfire
+    from svrctl.runtime import app_database
+
+    db = app_database()
+    with db.read() as session:
+        seen = session.scalar(
+            select(TaskHistory.id).where(TaskHistory.flow_run_id == request.flow_run_id).limit(1)
+        )
+    if seen is not None:
+        return None
+    return misfire(db, request, at)
+
+
+def _api_unreachable(exc: BaseException) -> bool:
+    """Tell whether an error says the Prefect API is away (not that it refused the call)."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in API_AWAY_STATUSES
+
+
+def _client_retries_off() -> contextlib.AbstractContextManager[Any]:
+    """Turn the Prefect client's own retries off for the calls made inside (this task only)."""
+    global _retries_off
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    context = get_settings_context()
+    if _retries_off is not None and context.settings is _retries_off[1]:
+        return contextlib.nullcontext()  # already off
+    if _retries_off is None or _retries_off[0] is not context.settings:
+        off = context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+        _retries_off = (context.settings, off)
+    return SettingsContext(profile=context.profile, settings=_retries_off[1])
+
+
+async def _until_api_answers(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> T:
+    """Await ``call``; while the Prefect API is unreachable, call it again with backoff.
+
+    Gives up after API_RETRY_SECONDS, raising the last error; any other error is
+    raised at once.
+    """
+    deadline = time.monotonic() + API_RETRY_SECONDS
+    delay, warned = 1.0, False
+    while True:
+        try:
+            with _client_retries_off():
+                result = await call()
+        except Exception as exc:
+            if not _api_unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            if not warned:
+                logger.warning(
+                    "the Prefect API is unreachable (%s): trying to %s again until it is back",
+                    type(exc).__name__,
+                    what,
+                )
+                warned = True
+            await anyio.sleep(delay)
+            delay = min(delay * 2, API_RETRY_MAX_DELAY)
+            continue
+        if warned:
+            logger.info("the Prefect API is back: %s done", what)
+        return result
 
 
 def _scheduled_time(flow_run: FlowRun) -> datetime | None:

@@ -43,7 +43,14 @@ from svrctl.settings import Settings
 from svrctl.shellwords import build_command
 from svrctl.ssh.target import SecretResolver
 
-__all__ = ["RunRequest", "TaskExecutionResult", "backoff_delay", "execute_task"]
+__all__ = [
+    "RunRequest",
+    "TaskExecutionResult",
+    "backoff_delay",
+    "execute_task",
+    "misfire",
+    "record_missed",
+]
 
 MAX_PARALLEL = 10
 MAX_BACKOFF_SECONDS = 3600.0
@@ -163,15 +170,9 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
         log.warning("Task %s refused: %s", task.name, error)
         return finish(RunStatus.CANCELLED, error, [row])
 
-    if request.triggered_by is TriggeredBy.SCHEDULE and request.scheduled_at is not None:
-        late = utcnow() - request.scheduled_at
-        if late > timedelta(seconds=task.misfire_grace_seconds):
-            error = (
-                f"missed: this scheduled run was due at {request.scheduled_at:%Y-%m-%d %H:%M:%S} "
-                f"UTC and started {late.total_seconds():.0f} s late, more than the task's "
-                f"misfire grace of {task.misfire_grace_seconds} s"
-            )
-            return _missed(db, task, request, error, finish)
+    stale = _misfire(task, request)
+    if stale is not None:
+        return _missed(db, task, request, stale, finish)
 
     targets = _targets(db, settings, task, server, request)
     if isinstance(targets, str):
@@ -238,6 +239,55 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
     else:
         log.error("Task %s failed after %dms: %s", task.name, result.duration_ms, result.error)
     return _counted(db, task, result)
+
+
+def misfire(db: Database, request: RunRequest, at: datetime | None = None) -> str | None:
+    """Return why a scheduled run must not run (later than its task's misfire grace), or None.
+
+    ``at`` is when the run got its turn (default now). None too when the task is
+    gone or disabled: such a run reports that itself.
+    """
+    with db.read() as session:
+        task = session.get(Task, request.task_id)
+    if task is None or (not task.enabled and not request.force):
+        return None
+    return _misfire(task, request, at)
+
+
+def record_missed(db: Database, request: RunRequest, error: str) -> TaskExecutionResult:
+    """Record a run that did not run as one final ``missed`` row, counted once in the stats."""
+    with db.read() as session:
+        task = session.get(Task, request.task_id)
+    if task is None:
+        raise NotFoundError(f"no task with id {request.task_id}", field="task_id")
+
+    def finish(status: RunStatus, error: str, history_ids: list[int]) -> TaskExecutionResult:
+        return TaskExecutionResult(
+            task_id=task.id,
+            task_name=task.name,
+            success=False,
+            output="",
+            error=error,
+            duration_ms=0,
+            status=status.value,
+            history_ids=history_ids,
+        )
+
+    return _missed(db, task, request, error, finish)
+
+
+def _misfire(task: Task, request: RunRequest, at: datetime | None = None) -> str | None:
+    """Return the ``missed`` message of a scheduled run later than the misfire grace, or None."""
+    if request.triggered_by is not TriggeredBy.SCHEDULE or request.scheduled_at is None:
+        return None
+    late = (at or utcnow()) - request.scheduled_at
+    if late <= timedelta(seconds=task.misfire_grace_seconds):
+        return None
+    return (
+        f"missed: this scheduled run was due at {request.scheduled_at:%Y-%m-%d %H:%M:%S} "
+        f"UTC and started {late.total_seconds():.0f} s late, more than the task's "
+        f"misfire grace of {task.misfire_grace_seconds} s"
+    )
 
 
 def _missed(
