@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,21 @@ pytest_plugins = [
 ]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(autouse=True)
+def forget_remembered_secrets() -> Iterator[None]:
+    """Start each test with no secret remembered for redaction by an earlier test.
+
+    A process remembers every token it has seen (svrctl.notify.channels) and hides it
+    in all later output; one test's token (say, the user name of a URL) must not
+    change what the next test prints.
+    """
+    yield
+    channels = sys.modules.get("svrctl.notify.channels")
+    if channels is not None:
+        with channels._secrets_lock:
+            channels._secrets.clear()
 
 
 @pytest.fixture(scope="session")
