@@ -20,7 +20,6 @@ There is no baseline: the goal is absolute.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Row, median, p95
+from bench.common import Row, median, p95, stop_worker
 
 TASKS = 3
 SCHEDULE = "*/10 * * * * *"  # seconds-first: every 10 s
@@ -114,16 +113,6 @@ def _start_worker(client: Any, env: dict[str, str], log: Path) -> subprocess.Pop
         time.sleep(0.2)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def _next_slot(after: float) -> datetime:
     """Return the first 10 s slot after ``after`` (a Unix time)."""
     return datetime.fromtimestamp((int(after // PERIOD) + 1) * PERIOD, UTC)
@@ -198,7 +187,7 @@ def _measure(client: Any, env: dict[str, str], work: Path, duration: float) -> d
             time.sleep(1)
         load = os.getloadavg()
     finally:
-        _stop(worker)
+        stop_worker(worker)
     return _analyse(runs, deployments, slots, load)
 
 
