@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from conftest import BACKENDS
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -17,7 +19,12 @@ from svrctl.db.engine import Database, make_engine, open_database
 from svrctl.db.migrate import alembic_config, script_revisions, upgrade
 from svrctl.db.models import Base, Server, Task, TaskHistory
 from svrctl.db.schema import HEAD_REVISION, KNOWN_REVISIONS, check_schema, current_revision
-from svrctl.exceptions import SchemaMissingError, SchemaOutdatedError, SchemaTooNewError
+from svrctl.exceptions import (
+    DatabaseError,
+    SchemaMissingError,
+    SchemaOutdatedError,
+    SchemaTooNewError,
+)
 
 
 def test_known_revisions_match_the_migration_scripts() -> None:
@@ -199,7 +206,43 @@ def test_sqlite_writes_take_the_lock_up_front(tmp_path: Path) -> None:
     db.dispose()
 
 
-def test_current_revision_of_an_empty_database(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+@pytest.fixture(params=BACKENDS)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a database with no tables at all: once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    factory = request.getfixturevalue("pg_database_factory")
+    url: str = factory()
+    yield url
+    factory.drop(url)
+
+
+def test_current_revision_of_an_empty_database(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
     assert current_revision(engine) is None
+    with pytest.raises(SchemaMissingError, match="svrctl db upgrade"):
+        check_schema(engine)
     engine.dispose()
+
+
+def test_an_unreadable_version_table_is_an_error_not_a_missing_schema(
+    empty_database_url: str,
+) -> None:
+    engine = make_engine(empty_database_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (other INTEGER)"))
+    with pytest.raises(DatabaseError, match="cannot open the app database") as caught:
+        current_revision(engine)
+    assert not isinstance(caught.value, SchemaMissingError)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_engines_skip_the_hstore_lookup(pg_admin_url: str) -> None:
+    # svrctl has no hstore columns; the lookup would cost a query on every first connect
+    engine = make_engine(pg_admin_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    engine.dispose()
+    assert engine.dialect.use_native_hstore is False  # type: ignore[attr-defined]

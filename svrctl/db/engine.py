@@ -25,7 +25,11 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout, foreign keys and immediate writes."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        options: dict[str, Any] = {}
+        if parsed.get_driver_name() in ("psycopg", "psycopg2"):
+            # No hstore columns here: skip the type lookup on every first connect.
+            options["use_native_hstore"] = False
+        return create_engine(url, pool_pre_ping=True, **options)
     if parsed.database and parsed.database != ":memory:":
         _create_private_file(Path(parsed.database))
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})

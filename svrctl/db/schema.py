@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from svrctl.exceptions import (
     DatabaseError,
@@ -32,9 +32,15 @@ def current_revision(engine: Engine) -> str | None:
     """Return the database's Alembic revision, or None when it has no svrctl schema."""
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table("alembic_version"):
-                return None
-            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            # One query in the usual case; the catalog is asked only when it fails, to
+            # tell a database without the table from one that cannot be read.
+            try:
+                row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            except (OperationalError, ProgrammingError):
+                conn.rollback()
+                if not inspect(conn).has_table("alembic_version"):
+                    return None
+                raise
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot open the app database at {_safe_url(engine)}: {exc.__class__.__name__}: "
