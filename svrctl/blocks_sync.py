@@ -528,16 +528,18 @@ def apply_blocks(
 
 
 def export_blocks(
-    db: Database, api_url: str, *, report: BlocksReport | None = None
+    db: Database, api_url: str, *, report: BlocksReport | None = None, register: bool = True
 ) -> BlocksReport:
     """Write every server and channel of the app database to its block.
 
     A block holding an edit newer than its row is left for :func:`apply_blocks`.
+    ``register=False`` skips registering the block types (done already).
     """
     from svrctl.blocks_channels import export_channels
 
     report = report or BlocksReport(api_url)
-    register_block_types(api_url)
+    if register:
+        register_block_types(api_url)
     with _client(api_url) as client:
         _export_servers(db, client, report)
         export_channels(db, client, report)
@@ -553,7 +555,7 @@ def sync_blocks(db: Database, api_url: str, *, dry_run: bool = False) -> BlocksR
     try:
         apply_blocks(db, api_url, dry_run=dry_run, report=report)
         if not dry_run:
-            export_blocks(db, api_url, report=report)
+            export_blocks(db, api_url, report=report, register=False)  # apply registered
     except Exception as exc:  # Prefect went away, or answered with an error
         from svrctl.notify.channels import redact
 

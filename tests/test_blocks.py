@@ -381,3 +381,27 @@ def test_blocks_another_database_exported_are_not_imported(sv: Invoke) -> None:
     assert sv("server", "show", "old-1").exit_code == 2
     assert not block_exists(SERVER_BLOCK_TYPE, "old-1")
     assert read_block(SERVER_BLOCK_TYPE, "new-1").data[EXPORT_MARK] is True
+
+
+def test_a_sync_registers_the_block_types_once(
+    sv: Invoke, database_url: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import svrctl.blocks_sync as blocks_sync
+
+    calls: list[str] = []
+    register = blocks_sync.register_block_types
+
+    def counted(api_url: str) -> list[str]:
+        calls.append(api_url)
+        return register(api_url)
+
+    monkeypatch.setattr(blocks_sync, "register_block_types", counted)
+    ok(sv, "server", "add", "app-2", "--host", "10.1.0.2", "--user", "ops")
+    db = open_database(database_url)
+    try:
+        report = blocks_sync.sync_blocks(db, prefect_api)
+    finally:
+        db.dispose()
+    assert report.ok, report.lines()
+    assert calls == [prefect_api]
+    assert block_exists(SERVER_BLOCK_TYPE, block_document_name("app-2"))
