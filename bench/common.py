@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -249,10 +248,6 @@ def start_worker(
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
     """Stop a worker started by ``start_worker`` (SIGINT to its session, SIGKILL after 60 s)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    from fixtures.processes import stop_groups
+
+    stop_groups([process], timeout=60)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from uuid import UUID
 import pytest
 import yaml
 from fixtures.prefect_server import PrefectServer
+from fixtures.processes import stop_groups
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import DeploymentResponse
@@ -354,13 +354,7 @@ def test_each_maintenance_deployment_runs_on_a_svrctl_worker(env: Env) -> None:
             assert final.state is not None
             assert final.state.type.value == "COMPLETED", (name, final.state, log.read_text())
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGINT)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_groups([worker], timeout=60)
 
     assert _status(env.db, old) is None  # older than 30 days: deleted
     assert _status(env.db, recent) == "success"  # kept

@@ -28,6 +28,7 @@ from uuid import UUID
 
 import pytest
 from fixtures.prefect_server import PrefectServer
+from fixtures.processes import stop_groups
 from fixtures.runenv import RunEnv
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
@@ -160,15 +161,7 @@ class World:
             time.sleep(0.02)
 
     def stop_workers(self) -> None:
-        for process, _ in self.workers:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-        for process, _ in self.workers:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_groups(process for process, _ in self.workers)
 
 
 @pytest.fixture

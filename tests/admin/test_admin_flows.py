@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from uuid import UUID
 import pytest
 from fixtures.notify_listener import NotifyListener
 from fixtures.prefect import PREFECT_DB_ENV, prefect_api_pointed_at
+from fixtures.processes import stop_groups
 from fixtures.sshd import SshdTarget
 from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
@@ -202,13 +202,7 @@ def world(
         try:
             yield world
         finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGINT)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+            stop_groups([worker], timeout=60)
             _delete_admin(client)
             db.dispose()
 

@@ -30,7 +30,6 @@ import functools
 import json
 import os
 import pwd
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ import pytest
 from click.testing import CliRunner
 from e2e import netns
 from fixtures.postgres import PgDatabaseFactory
+from fixtures.processes import kill_group, stop_groups
 from fixtures.sshd import SSHD_BIN, SshdTarget, _render_config, make_key, public_key_text
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
@@ -158,23 +158,10 @@ class Sites:
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL the site's worker (no clean stop: a crash or a power cut)."""
-        process = self.workers[name].process
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
+        kill_group(self.workers[name].process, timeout=10)
 
     def stop_workers(self) -> None:
-        for worker in self.workers.values():
-            if worker.process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.process.pid, signal.SIGINT)
-        for worker in self.workers.values():
-            try:
-                worker.process.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.process.pid, signal.SIGKILL)
-                worker.process.wait(10)
+        stop_groups((worker.process for worker in self.workers.values()), timeout=20)
 
     # ------------------------------------------------------------------ runs
 

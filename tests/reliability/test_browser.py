@@ -23,7 +23,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from fixtures.processes import stop_groups
 from sqlalchemy import select
 from test_up import SVRCTL, Lines
 
@@ -131,13 +131,7 @@ def svrctl_up(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         assert found, ready
         yield Up(found.group(1), home, env, lines)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_groups([process], timeout=120)
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from uuid import UUID
 
 import pytest
 from conftest import Invoke
+from fixtures.processes import kill_group, stop_groups
 from fixtures.runenv import RunEnv, make_run_env
 from fixtures.sshd import SshdFactory, SshdTarget
 from prefect import get_client
@@ -148,23 +149,13 @@ class World:
 
     def kill_worker(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL a worker and everything in its process group."""
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
+        kill_group(process)
 
     def worker_log(self) -> str:
         return "\n".join(log.read_text()[-4000:] for _, log in self.workers)
 
     def stop_workers(self) -> None:
-        for process, _ in self.workers:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
-        for process, _ in self.workers:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_groups(process for process, _ in self.workers)
 
     def deployment_id(self, task_id: int) -> UUID:
         """The deployment sync made for a task (synced again if the automatic sync failed)."""

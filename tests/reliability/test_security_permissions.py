@@ -7,13 +7,13 @@ Each command runs as a real ``svrctl`` process started with the usual login umas
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures.processes import stop_groups
 from fixtures.sshd import SshdTarget
 from test_up import Lines
 
@@ -118,11 +118,5 @@ def test_svrctl_up_first_start_keeps_every_file_private(tmp_path: Path) -> None:
         assert _mode(home / "prefect-api.json") == 0o600
         assert _loose(home) == {}
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_groups([process], timeout=120)
     assert _loose(home) == {}, "\n".join(lines.lines)

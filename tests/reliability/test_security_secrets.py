@@ -23,7 +23,6 @@ import pwd
 import secrets
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from click.testing import Result
+from fixtures.local_users import remove_user, run_root
 from fixtures.notify_listener import NotifyListener, text_in_database
 from fixtures.runenv import RunEnv
 from fixtures.sshd import SshdFactory, SshdTarget, make_key
@@ -89,20 +89,6 @@ class SudoServer:
     calls: Path  # the apt-get stand-in that sudo runs writes "UID ARGS" lines here
 
 
-def _root(argv: list[str], input: str | None = None) -> None:
-    done = subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{argv[0]} failed: {done.stderr}"
-
-
-def _drop_user() -> None:
-    SUDOERS_DROPIN.unlink(missing_ok=True)
-    try:
-        pwd.getpwnam(SUDO_USER)
-    except KeyError:
-        return
-    subprocess.run(["userdel", "-r", "-f", SUDO_USER], capture_output=True, check=False)
-
-
 @pytest.fixture
 def sudo_server(sshd_factory: SshdFactory, tmp_path: Path) -> Iterator[SudoServer]:
     """A user whose sudo needs its password (the SECRETS value), reachable over SSH.
@@ -116,7 +102,7 @@ def sudo_server(sshd_factory: SshdFactory, tmp_path: Path) -> Iterator[SudoServe
     standins = Path(tempfile.mkdtemp(prefix="svrctl-secsudo-", dir="/tmp"))
     with SUDO_LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _drop_user()
+        remove_user(SUDO_USER, SUDOERS_DROPIN)
         try:
             standins.chmod(0o755)
             calls = standins / "calls.log"
@@ -126,14 +112,14 @@ def sudo_server(sshd_factory: SshdFactory, tmp_path: Path) -> Iterator[SudoServe
                 'if [ "$1" = update ]; then exit 0; fi\nexec /usr/bin/apt-get "$@"\n'
             )
             apt.chmod(0o755)
-            _root(["useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER])
-            _root(["chpasswd"], input=f"{SUDO_USER}:{SECRETS['sudo']}\n")
+            run_root(["useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER])
+            run_root(["chpasswd"], input=f"{SUDO_USER}:{SECRETS['sudo']}\n")
             rule = tmp_path / "sudoers"
             rule.write_text(
                 f'Defaults:{SUDO_USER} secure_path="{standins}:/usr/sbin:/usr/bin:/sbin:/bin"\n'
                 f"{SUDO_USER} ALL=(ALL) ALL\n"
             )
-            _root(["visudo", "-c", "-q", "-f", str(rule)])
+            run_root(["visudo", "-c", "-q", "-f", str(rule)])
             shutil.copyfile(rule, SUDOERS_DROPIN)
             SUDOERS_DROPIN.chmod(0o440)
             key = make_key(tmp_path / "sudo_user_key", comment="svrctl-test-secsudo")
@@ -151,7 +137,7 @@ def sudo_server(sshd_factory: SshdFactory, tmp_path: Path) -> Iterator[SudoServe
             )
             yield SudoServer(server, key, calls)
         finally:
-            _drop_user()
+            remove_user(SUDO_USER, SUDOERS_DROPIN)
             shutil.rmtree(standins, ignore_errors=True)
 
 

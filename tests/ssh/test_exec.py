@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fixtures.local_users import remove_user, run_root
 from fixtures.sshd import REQUIRE_ENV, SshdTarget, make_key, start_sshd
 from helpers_auth import BackgroundThread
 
@@ -593,23 +594,6 @@ def _ensure_sudo() -> None:
     _unavailable(f"{SUDO_BIN} is missing and apt-get could not install sudo")
 
 
-def _run_root(argv: list[str], input: str | None = None) -> None:
-    done = subprocess.run(argv, input=input, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"{argv[0]} failed: {done.stderr}"
-
-
-def _remove_sudo_user() -> None:
-    SUDOERS_DROPIN.unlink(missing_ok=True)
-    try:
-        pwd.getpwnam(SUDO_USER)
-    except KeyError:
-        pass
-    else:
-        subprocess.run(["userdel", "-r", "-f", SUDO_USER], capture_output=True, check=False)
-    for leftover in (Path("/run/sudo/ts") / SUDO_USER, Path("/var/lib/sudo/lectured") / SUDO_USER):
-        leftover.unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
 def sudo_host(sshd: SshdTarget, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SudoHost]:
     """A user with a password and a sudo rule that requires it, reachable over SSH.
@@ -627,18 +611,18 @@ def sudo_host(sshd: SshdTarget, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _sudo_host(workdir: Path) -> Iterator[SudoHost]:
-    _remove_sudo_user()  # a previous run that was killed may have left it
+    remove_user(SUDO_USER, SUDOERS_DROPIN)  # a previous run that was killed may have left it
     password = "pw-" + secrets.token_urlsafe(18)
     server: SshdTarget | None = None
     try:
-        _run_root(["useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER])
-        _run_root(["chpasswd"], input=f"{SUDO_USER}:{password}\n")
+        run_root(["useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER])
+        run_root(["chpasswd"], input=f"{SUDO_USER}:{password}\n")
         rule = workdir / "sudoers"
         rule.write_text(f"{SUDO_USER} ALL=(ALL) ALL\n")
-        _run_root(["visudo", "-c", "-q", "-f", str(rule)])
+        run_root(["visudo", "-c", "-q", "-f", str(rule)])
         shutil.copyfile(rule, SUDOERS_DROPIN)
         SUDOERS_DROPIN.chmod(0o440)
-        _run_root(["visudo", "-c", "-q"])
+        run_root(["visudo", "-c", "-q"])
 
         # The fixture sshd's AuthorizedKeysFile is a root-only file in its workdir and
         # sshd reads it as the user logging in, so this user gets its own file.
@@ -660,7 +644,7 @@ def _sudo_host(workdir: Path) -> Iterator[SudoHost]:
     finally:
         if server is not None:
             server.stop()
-        _remove_sudo_user()
+        remove_user(SUDO_USER, SUDOERS_DROPIN)
 
 
 def _assert_secret_absent(secret: str, texts: list[str]) -> None:
