@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -385,6 +386,8 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         from prefect.events.filters import EventFilter, EventNameFilter
 
         await super().setup()
+        _hold_sigterm()
+        self._exit_stack.callback(_release_sigterm)
         self._flow_lock = asyncio.Lock()
         self._run_observer = await self._exit_stack.enter_async_context(
             FlowRunCancellingObserver(
@@ -980,6 +983,45 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
         if job is None:
             raise InfrastructureNotFound(f"flow run {run_id} no longer runs in this worker")
         job.cancel(CANCELLED_IN_PREFECT)
+
+
+# How many svrctl workers run in this process: while any does, Prefect's flow engine
+# does not install its SIGTERM handler for the runs (see _hold_sigterm).
+_ENGINE_SIGTERM_HOOK = "capture_sigterm"  # what AsyncFlowRunEngine.start() calls
+_sigterm_holders = 0
+_sigterm_lock = threading.Lock()
+_engine_capture_sigterm: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+
+
+def _hold_sigterm() -> None:
+    """Keep Prefect's flow engine from taking SIGTERM over while this process runs workers.
+
+    For each flow run, the engine replaces the process's SIGTERM handler with one that
+    raises ``TerminationSignal`` wherever the main thread is. Here that is the worker's
+    event loop, running other runs and the worker itself: the exception could land
+    in a socket write or in another run, crashing it. The worker's process handles
+    SIGTERM itself (``svrctl worker``: it stops every run cleanly).
+    """
+    global _sigterm_holders, _engine_capture_sigterm
+    import prefect.flow_engine as flow_engine
+
+    with _sigterm_lock:
+        if _sigterm_holders == 0:
+            _engine_capture_sigterm = vars(flow_engine)[_ENGINE_SIGTERM_HOOK]
+            setattr(flow_engine, _ENGINE_SIGTERM_HOOK, contextlib.nullcontext)
+        _sigterm_holders += 1
+
+
+def _release_sigterm() -> None:
+    """Undo ``_hold_sigterm`` once the last worker of the process has stopped."""
+    global _sigterm_holders, _engine_capture_sigterm
+    import prefect.flow_engine as flow_engine
+
+    with _sigterm_lock:
+        _sigterm_holders -= 1
+        if _sigterm_holders == 0 and _engine_capture_sigterm is not None:
+            setattr(flow_engine, _ENGINE_SIGTERM_HOOK, _engine_capture_sigterm)
+            _engine_capture_sigterm = None
 
 
 async def _drive(engine: _InProcessFlowRunEngine) -> None:

@@ -11,6 +11,7 @@ the host behind sshd (processes) and in Prefect (flow run states).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -218,6 +219,48 @@ def test_ensure_work_pool_is_idempotent_and_checks_the_type(prefect_server: Pref
         client.create_work_pool(WorkPoolCreate(name=other, type="process"))
         with pytest.raises(BadInputError, match="has type 'process'"):
             asyncio.run(ensure_work_pool(other))
+
+
+def test_flow_runs_in_a_worker_leave_sigterm_to_the_worker(prefect_api: str) -> None:
+    """Prefect's engine would raise TerminationSignal wherever the worker's loop is."""
+    import prefect.flow_engine as flow_engine
+    from prefect import flow
+    from prefect.utilities.engine import _prefect_sigterm_handler
+
+    from svrctl.worker import _hold_sigterm, _release_sigterm
+
+    @flow
+    async def probe() -> Any:
+        return signal.getsignal(signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert asyncio.run(probe()) is _prefect_sigterm_handler  # what the hold prevents
+    _hold_sigterm()
+    _hold_sigterm()  # a second worker in the same process
+    try:
+        assert asyncio.run(probe()) is before
+        _release_sigterm()
+        assert asyncio.run(probe()) is before  # one worker still runs
+    finally:
+        _release_sigterm()
+    assert asyncio.run(probe()) is _prefect_sigterm_handler
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert flow_engine.capture_sigterm is not contextlib.nullcontext
+
+
+def test_a_worker_holds_sigterm_from_setup_to_teardown(prefect_api: str) -> None:
+    import prefect.flow_engine as flow_engine
+
+    engine_hook = flow_engine.capture_sigterm
+    pool = unique("pool")
+
+    async def main() -> None:
+        await ensure_work_pool(pool)
+        async with SvrctlWorker(work_pool_name=pool, limit=1):
+            assert flow_engine.capture_sigterm is contextlib.nullcontext
+        assert flow_engine.capture_sigterm is engine_hook
+
+    asyncio.run(main())
 
 
 # ----------------------------------------------------------------------------- runs
