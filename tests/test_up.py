@@ -202,7 +202,7 @@ def _tables(admin_url: str, database: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def test_up_on_postgres_runs_prefect_and_the_app_there_and_stops_on_sigint(
+def test_up_on_postgres_runs_prefect_and_the_app_there_and_stops_on_sigterm(
     up_env: dict[str, str], pg_database_factory: PgDatabaseFactory
 ) -> None:
     from fixtures.postgres import DB_PREFIX
@@ -261,7 +261,8 @@ def test_up_on_postgres_runs_prefect_and_the_app_there_and_stops_on_sigint(
             ).fetchall()
         assert states, "the run's flow run is not in Prefect's PostgreSQL database"
 
-        os.killpg(process.pid, signal.SIGINT)
+        # SIGTERM to svrctl up alone, as a service manager sends it: up stops what it started
+        os.kill(process.pid, signal.SIGTERM)
         try:
             code = process.wait(timeout=120)
         except subprocess.TimeoutExpired:

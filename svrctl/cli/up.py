@@ -35,13 +35,10 @@ def up(app: App, no_demo: bool, host: str, port: int, limit: int, postgres: str 
     the app database and the Prefect server's database are on PostgreSQL; see
     docs/production.md.
     """
-    import asyncio
-
+    from svrctl.cli.foreground import run_until_stopped
     from svrctl.up import UpOptions, run_up
 
     options = UpOptions(demo=not no_demo, host=host, port=port, limit=limit, postgres=postgres)
     app.settings.ensure_home()
-    try:
-        asyncio.run(run_up(app.settings, options, click.echo))
-    except KeyboardInterrupt:
+    if run_until_stopped(lambda: run_up(app.settings, options, click.echo)):
         click.echo("\n✓ svrctl up stopped")

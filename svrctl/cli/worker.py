@@ -88,20 +88,8 @@ def _check_database(app: App) -> None:
 
 def _serve(pool: str, limit: int, name: str | None) -> None:
     """Run the worker until Ctrl-C or SIGTERM; in-flight runs are cancelled cleanly."""
-    import asyncio
-    import signal
-
-    from prefect.exceptions import TerminationSignal
-
+    from svrctl.cli.foreground import run_until_stopped
     from svrctl.worker import run_worker
 
-    async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await run_worker(pool, limit=limit, name=name, printer=click.echo)
-
-    try:
-        asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError, TerminationSignal):
+    if run_until_stopped(lambda: run_worker(pool, limit=limit, name=name, printer=click.echo)):
         click.echo("✓ svrctl worker stopped")
