@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,17 @@ pytest_plugins = [
 ]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes that tests start be stopped with SIGINT, as Ctrl-C would.
+
+    A shell without job control starts a background command (``scripts/test &``) with
+    SIGINT ignored, and every process started from it inherits that: a worker or
+    ``svrctl up`` would then ignore the SIGINT a test sends it.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
