@@ -1094,6 +1094,15 @@ def _api_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in API_AWAY_STATUSES
 
 
+def _describe(exc: BaseException) -> str:
+    """Name an API error for a log line: its type, and its HTTP status when it has one."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{type(exc).__name__}: HTTP {exc.response.status_code}"
+    return type(exc).__name__
+
+
 def _client_retries_off() -> contextlib.AbstractContextManager[Any]:
     """Turn the Prefect client's own retries off for the calls made inside (this task only)."""
     global _retries_off
@@ -1131,7 +1140,7 @@ async def _until_api_answers(
             if not warned:
                 logger.warning(
                     "the Prefect API is unreachable (%s): trying to %s again until it is back",
-                    type(exc).__name__,
+                    _describe(exc),
                     what,
                 )
                 warned = True

@@ -722,3 +722,33 @@ def test_cancel_before_the_step_starts_runs_nothing(run_env: RunEnv) -> None:
     assert not marker.exists()
     (row,) = run_env.rows(task_id)
     assert row.status == "cancelled"
+
+
+def test_an_api_answer_of_503_is_retried_and_logged_with_its_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import httpx
+
+    from svrctl.worker import _until_api_answers
+
+    calls: list[int] = []
+
+    async def call() -> str:
+        calls.append(1)
+        if len(calls) == 1:  # what Prefect's server on SQLite answers when its writes collide
+            request = httpx.Request("PATCH", "http://127.0.0.1:9/api/flow_runs/x/labels")
+            response = httpx.Response(503, request=request)
+            raise httpx.HTTPStatusError("busy", request=request, response=response)
+        return "labelled"
+
+    logger = logging.getLogger("svrctl-test-api-answers")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        assert asyncio.run(_until_api_answers(call, "label the flow run", logger)) == "labelled"
+    assert len(calls) == 2
+    assert (
+        "the Prefect API is unreachable (HTTPStatusError: HTTP 503): "
+        "trying to label the flow run again until it is back" in caplog.text
+    )
+    assert "the Prefect API is back: label the flow run done" in caplog.text
