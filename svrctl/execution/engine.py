@@ -15,6 +15,7 @@ servers that must succeed; a run whose every target skipped is ``skipped``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -142,16 +143,8 @@ def execute_task(db: Database, settings: Settings, request: RunRequest) -> TaskE
     log.info("Starting execution of task %s", task.name)
 
     def finish(status: RunStatus, error: str, history_ids: list[int]) -> TaskExecutionResult:
-        return TaskExecutionResult(
-            task_id=task.id,
-            task_name=task.name,
-            success=False,
-            output="",
-            error=error,
-            duration_ms=int((time.monotonic() - started) * 1000),
-            status=status.value,
-            history_ids=history_ids,
-        )
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        return _not_run(task, status, error, history_ids, elapsed_ms)
 
     trigger = request.triggered_by.value
     if not task.enabled and not request.force:
@@ -260,20 +253,23 @@ def record_missed(db: Database, request: RunRequest, error: str) -> TaskExecutio
         task = session.get(Task, request.task_id)
     if task is None:
         raise NotFoundError(f"no task with id {request.task_id}", field="task_id")
+    return _missed(db, task, request, error, functools.partial(_not_run, task))
 
-    def finish(status: RunStatus, error: str, history_ids: list[int]) -> TaskExecutionResult:
-        return TaskExecutionResult(
-            task_id=task.id,
-            task_name=task.name,
-            success=False,
-            output="",
-            error=error,
-            duration_ms=0,
-            status=status.value,
-            history_ids=history_ids,
-        )
 
-    return _missed(db, task, request, error, finish)
+def _not_run(
+    task: Task, status: RunStatus, error: str, history_ids: list[int], duration_ms: int = 0
+) -> TaskExecutionResult:
+    """Return the result of a run that ended before its step ran (refused, missed, failed)."""
+    return TaskExecutionResult(
+        task_id=task.id,
+        task_name=task.name,
+        success=False,
+        output="",
+        error=error,
+        duration_ms=duration_ms,
+        status=status.value,
+        history_ids=history_ids,
+    )
 
 
 def _misfire(task: Task, request: RunRequest, at: datetime | None = None) -> str | None:
