@@ -562,44 +562,35 @@ class SvrctlWorker(BaseWorker[SvrctlJobConfiguration, SvrctlVariables, SvrctlWor
 
         run_logger = self.get_flow_run_logger(flow_run)
         since = datetime.now(UTC)
-        deadline = time.monotonic() + API_RETRY_SECONDS
-        delay, unsure = 1.0, False
-        while True:
-            try:
-                with _client_retries_off():
-                    state = await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
-            except Abort as exc:
-                if unsure and await self._pending_since(flow_run, since):
-                    return True
-                run_logger.info(
-                    "Aborted submission of flow run '%s'. Server sent an abort signal: %s",
-                    flow_run.id,
-                    exc,
-                )
-                return False
-            except Exception as exc:
-                if _api_unreachable(exc) and time.monotonic() + delay < deadline:
-                    if not unsure:
-                        run_logger.warning(
-                            "the Prefect API is unreachable (%s): claiming flow run '%s' "
-                            "again until it is back",
-                            type(exc).__name__,
-                            flow_run.id,
-                        )
-                    unsure = True
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, API_RETRY_MAX_DELAY)
-                    continue
-                run_logger.exception("Failed to update state of flow run '%s'", flow_run.id)
-                return False
-            if not state.is_pending():
-                run_logger.info(
-                    "Aborted submission of flow run '%s': Server returned a non-pending state %r",
-                    flow_run.id,
-                    state.type.value,
-                )
-                return False
-            return True
+        tries = 0
+
+        async def propose() -> State[Any]:
+            nonlocal tries
+            tries += 1
+            return await propose_state(self.client, Pending(), flow_run_id=flow_run.id)
+
+        try:
+            state = await _until_api_answers(propose, f"claim flow run '{flow_run.id}'", run_logger)
+        except Abort as exc:
+            if tries > 1 and await self._pending_since(flow_run, since):
+                return True
+            run_logger.info(
+                "Aborted submission of flow run '%s'. Server sent an abort signal: %s",
+                flow_run.id,
+                exc,
+            )
+            return False
+        except Exception:
+            run_logger.exception("Failed to update state of flow run '%s'", flow_run.id)
+            return False
+        if not state.is_pending():
+            run_logger.info(
+                "Aborted submission of flow run '%s': Server returned a non-pending state %r",
+                flow_run.id,
+                state.type.value,
+            )
+            return False
+        return True
 
     async def _pending_since(self, flow_run: FlowRun, since: datetime) -> bool:
         """Tell whether the run has been Pending (claimed, not started) since ``since``."""
