@@ -1,7 +1,9 @@
 """Start and stop a local `prefect server start` process with its files under a home folder.
 
 Its database is SQLite in that folder, unless PREFECT_SERVER_DATABASE_CONNECTION_URL
-(in the environment or ``extra_env``) names another, such as PostgreSQL.
+(in the environment or ``extra_env``) names another, such as PostgreSQL. The server runs
+through `svrctl.prefect_serve`, so that its colliding SQLite writes wait for each other
+instead of failing with HTTP 503.
 """
 
 from __future__ import annotations
@@ -109,11 +111,12 @@ def start_prefect_server(
         **{k: v for k, v in os.environ.items() if k.startswith("PREFECT_SERVER_")},
         **(extra_env or {}),
     }
-    prefect = str(Path(sys.executable).parent / "prefect")
+    # Prefect's own CLI, with its SQLite writes begun IMMEDIATE (svrctl.prefect_serve).
+    command = [sys.executable, "-m", "svrctl.prefect_serve", "server", "start"]
     # The database and the log are the owner's only (umask 077 for what the server creates).
     with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         process = subprocess.Popen(
-            [prefect, "server", "start", "--host", host, "--port", str(port)],
+            [*command, "--host", host, "--port", str(port)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
