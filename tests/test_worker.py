@@ -435,7 +435,7 @@ def test_concurrency_limit(world: World) -> None:
     env = world.env
     env.add_server("s1")
     task_id = env.add_task(
-        unique("slow"), "--server", "s1", "--overlap", "queue", "--command", "sleep 2"
+        unique("slow"), "--server", "s1", "--overlap", "queue", "--command", "sleep 4"
     )
     _, deployment_id = world.deploy(task_id)
     world.start_worker(limit=2)
