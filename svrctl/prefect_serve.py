@@ -43,12 +43,20 @@ def immediate_sqlite_transactions() -> bool:
     async def begin_transaction(
         self: Any, session: Any, with_for_update: bool = False
     ) -> AsyncGenerator[Any, None]:
+        # Prefect's "begin" listener reads the mode whenever a connection begins, also
+        # for a plain session opened inside this block. So the mode is IMMEDIATE only
+        # while this session's own connection begins; inside the block it is back to
+        # what it was (no BEGIN), or a nested read would wait for this very transaction.
         token = mode.set("IMMEDIATE")
         try:
             async with session.begin() as transaction:
+                await session.connection()
+                mode.reset(token)
+                token = None
                 yield transaction
         finally:
-            mode.reset(token)
+            if token is not None:
+                mode.reset(token)
 
     begin_transaction.__doc__ = "Begin the session's transaction IMMEDIATE (svrctl)."
     config.begin_transaction = begin_transaction

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
+import uuid
 from collections import Counter
-from unittest.mock import MagicMock
+from collections.abc import Mapping
+from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fixtures.prefect_server import PrefectServer
 from prefect.server.database import configurations
 
 from svrctl.prefect_serve import immediate_sqlite_transactions
 
 
-async def _created(client: httpx.AsyncClient, path: str, body: dict[str, object]) -> str:
+async def _created(client: httpx.AsyncClient, path: str, body: Mapping[str, object]) -> str:
     """POST until created (setup only, so that a refused request shows in the counts)."""
     for _ in range(50):
         response = await client.post(path, json=body)
@@ -62,28 +68,61 @@ def test_colliding_writes_all_succeed(prefect_server_sqlite: PrefectServer) -> N
     assert "database is locked" not in prefect_server_sqlite.log.read_text(errors="replace")
 
 
-def test_begin_transaction_is_immediate_for_every_transaction(
-    monkeypatch: pytest.MonkeyPatch,
+def test_pausing_a_work_queue_answers_at_once(prefect_server_sqlite: PrefectServer) -> None:
+    # Pausing emits a status event whose plain session reads inside the update's
+    # transaction: it must not wait for that transaction (60 s, then 503).
+    with httpx.Client(base_url=prefect_server_sqlite.api_url, timeout=120) as client:
+        pool = f"pause-{uuid.uuid4().hex[:8]}"
+        client.post("/work_pools/", json={"name": pool, "type": "process"}).raise_for_status()
+        queue = client.post(f"/work_pools/{pool}/queues", json={"name": "q"})
+        queue.raise_for_status()
+        for paused in (True, False):
+            started = time.monotonic()
+            answer = client.patch(f"/work_queues/{queue.json()['id']}", json={"is_paused": paused})
+            assert (answer.status_code, paused) == (204, paused), answer.text
+            assert time.monotonic() - started < 10
+        assert client.get(f"/work_queues/{queue.json()['id']}").json()["is_paused"] is False
+
+
+def test_a_transaction_takes_the_write_lock_at_once_and_nested_reads_do_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = configurations.AioSqliteConfiguration
-    monkeypatch.setattr(config, "begin_transaction", config.begin_transaction)
+    config_class = configurations.AioSqliteConfiguration
+    monkeypatch.setattr(config_class, "begin_transaction", config_class.begin_transaction)
     assert immediate_sqlite_transactions()
+    path = tmp_path / "prefect.db"
+    with closing(sqlite3.connect(path)) as setup:
+        setup.execute("PRAGMA journal_mode = WAL")
+        setup.execute("CREATE TABLE t (x INTEGER)")
+    config = config_class(connection_url=f"sqlite+aiosqlite:///{path}")
 
-    modes = []
+    def other_writer_is_locked_out() -> bool:
+        with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as other:
+            try:
+                other.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                return "locked" in str(exc)
+            other.execute("ROLLBACK")
+            return False
 
-    class Session:
-        def begin(self) -> MagicMock:
-            modes.append(configurations.SQLITE_BEGIN_MODE.get())
-            return MagicMock()
+    async def check(with_for_update: bool, rows_before: int) -> None:
+        engine = await config.engine()
+        async with await config.session(engine) as outer:
+            async with config.begin_transaction(outer, with_for_update):
+                # The write lock is taken at BEGIN, before any statement.
+                assert other_writer_is_locked_out()
+                assert configurations.SQLITE_BEGIN_MODE.get() is None
+                # A plain session opened inside reads at once.
+                async with await config.session(engine) as inner:
+                    read = await inner.execute(sa.text("SELECT count(*) FROM t"))
+                    assert read.scalar() == rows_before
+                await outer.execute(sa.text("INSERT INTO t VALUES (1)"))
+            assert not other_writer_is_locked_out()
 
-    async def begin(with_for_update: bool) -> None:
-        async with config.begin_transaction(MagicMock(), Session(), with_for_update):
-            pass
-
-    asyncio.run(begin(False))
-    asyncio.run(begin(True))
-    assert modes == ["IMMEDIATE", "IMMEDIATE"]
-    assert configurations.SQLITE_BEGIN_MODE.get() is None
+    asyncio.run(asyncio.wait_for(check(False, rows_before=0), timeout=20))
+    asyncio.run(asyncio.wait_for(check(True, rows_before=1), timeout=20))
+    with closing(sqlite3.connect(path)) as after:
+        assert after.execute("SELECT count(*) FROM t").fetchone() == (2,)
 
 
 def test_a_prefect_without_the_hook_is_left_alone_with_a_warning(
