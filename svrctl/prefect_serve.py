@@ -43,6 +43,7 @@ def immediate_sqlite_transactions() -> bool:
     async def begin_transaction(
         self: Any, session: Any, with_for_update: bool = False
     ) -> AsyncGenerator[Any, None]:
+        """Begin the session's transaction IMMEDIATE (svrctl)."""
         # Prefect's "begin" listener reads the mode whenever a connection begins, also
         # for a plain session opened inside this block. So the mode is IMMEDIATE only
         # while this session's own connection begins; inside the block it is back to
@@ -58,7 +59,6 @@ def immediate_sqlite_transactions() -> bool:
             if token is not None:
                 mode.reset(token)
 
-    begin_transaction.__doc__ = "Begin the session's transaction IMMEDIATE (svrctl)."
     config.begin_transaction = begin_transaction
     return True
 

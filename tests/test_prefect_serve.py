@@ -49,8 +49,13 @@ async def _collide(api_url: str, rounds: int, width: int) -> Counter[tuple[str, 
         for i in range(rounds):
             requests = {}
             for n, run in enumerate(runs):
-                log = {"name": "t", "level": 20, "message": "m", "flow_run_id": run}
-                log["timestamp"] = "2026-01-01T00:00:00Z"
+                log = {
+                    "name": "t",
+                    "level": 20,
+                    "message": "m",
+                    "timestamp": "2026-01-01T00:00:00Z",
+                    "flow_run_id": run,
+                }
                 requests[f"labels {n}"] = client.patch(f"/flow_runs/{run}/labels", json={i: n})
                 requests[f"create {n}"] = client.post("/flow_runs/", json=done)
                 requests[f"logs {n}"] = client.post("/logs/", json=[log])
